@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs libtorch (from the PyPI torch wheel) and the test-time Python packages into a
+# per-user cache keyed by version, then links it into this checkout as `.libtorch` and
+# `.pydeps`. Idempotent: prints nothing and returns at once when already done.
+#
+# The torch version is written here and nowhere else: tch 0.24 binds libtorch 2.11.0.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+TORCHVISION_VERSION=0.26.0
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${HONDO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hondo}/torch-${TORCH_VERSION}"
+python="${PYTHON:-python3}"
+
+if [ ! -f "$cache/.complete" ]; then
+    echo "setup: installing torch==${TORCH_VERSION} and torchvision==${TORCHVISION_VERSION} into $cache (~5 GB, a few minutes)" >&2
+    tmp="$cache.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+        --target "$tmp" "torch==${TORCH_VERSION}" safetensors numpy pillow >&2
+    "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+        --no-deps --target "$tmp" "torchvision==${TORCHVISION_VERSION}" >&2
+    echo "$TORCH_VERSION" > "$tmp/.complete"
+    rm -rf "$cache"
+    mv "$tmp" "$cache"
+fi
+
+# Links the build and the tests use (both ignored by git).
+ln -sfn "$cache/torch" "$root/.libtorch"
+ln -sfn "$cache" "$root/.pydeps"

@@ -1,0 +1,128 @@
+//! Reading a config file: TOML syntax and type errors with file, line, column and key path;
+//! overrides applied on top; semantic validation last.
+
+use super::{overrides::Override, validate, Config};
+use std::fmt;
+use std::path::Path;
+
+/// Everything that can be wrong with a configuration, each naming where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {key}{message}")]
+    Syntax { file: String, line: usize, column: usize, key: KeyPrefix, message: String },
+    #[error("--set {text}: {message}")]
+    Override { text: String, message: String },
+    #[error("invalid configuration in {file}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, problems: Vec<String> },
+}
+
+/// `key `model.arch`: ` when a key path is known, empty otherwise.
+#[derive(Debug)]
+pub struct KeyPrefix(pub String);
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() || self.0 == "." {
+            Ok(())
+        } else {
+            write!(f, "key `{}`: ", self.0)
+        }
+    }
+}
+
+/// Reads `path`, applies `overrides` in order and validates the result.
+pub fn load(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    load_str(&text, &path.display().to_string(), overrides)
+}
+
+/// As [`load`], from text; `file` names the source in messages.
+pub fn load_str(text: &str, file: &str, overrides: &[Override]) -> Result<Config, ConfigError> {
+    let mut config = parse(text, file)?;
+    if !overrides.is_empty() {
+        // The file parsed cleanly, so any error from here on comes from an override.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax(e, text, file, ""))?;
+        for o in overrides {
+            o.apply(&mut table)?;
+            config = from_table(&table).map_err(|(key, message)| ConfigError::Override {
+                text: o.text.clone(),
+                message: if key.is_empty() { message } else { format!("key `{key}`: {message}") },
+            })?;
+        }
+    }
+    let problems = validate::problems(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid { file: file.to_string(), problems })
+    }
+}
+
+fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| syntax(e, text, file, ""))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        syntax(e.into_inner(), text, file, &key)
+    })
+}
+
+fn from_table(table: &toml::Table) -> Result<Config, (String, String)> {
+    let value = toml::Value::Table(table.clone());
+    serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
+        let key = e.path().to_string();
+        (clean_key(&key, e.inner().message()), e.inner().message().trim().to_string())
+    })
+}
+
+/// serde reports an unknown field at its parent's path; add the field's own name.
+fn clean_key(path: &str, message: &str) -> String {
+    let path = if path == "." { "" } else { path };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(field) = rest.split('`').next() {
+            return if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        }
+    }
+    path.to_string()
+}
+
+fn syntax(e: toml::de::Error, text: &str, file: &str, key: &str) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => line_col(text, span.start),
+        None => (1, 1),
+    };
+    let message = e.message().trim().to_string();
+    ConfigError::Syntax {
+        file: file.to_string(),
+        line,
+        column,
+        key: KeyPrefix(clean_key(key, &message)),
+        message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\n", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load_str("", "x.toml", &[]).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,10 @@
+//! hondo: train image classifiers from a TOML config on libtorch (through `tch`).
+//!
+//! The binary (`src/main.rs`) parses the command line and calls into this library:
+//! [`config`] reads and validates configs, [`models`] defines the networks, [`data`] reads
+//! and augments images, [`train`] runs the loop, [`checkpoint`] writes and reads run state.
+
+pub mod config;
+pub mod device;
+pub mod data;
+pub mod models;

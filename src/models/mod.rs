@@ -1,0 +1,83 @@
+//! Model definitions: thin Rust structs over tch tensors with torchvision's parameter names.
+
+pub mod cnn;
+pub mod layers;
+pub mod resnet;
+
+use crate::config::{Arch, ModelConfig};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Per-architecture metadata in one place (timm's `default_cfgs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ArchInfo {
+    /// Name prefix of the classifier head's parameters.
+    pub classifier: &'static str,
+    /// Name of the first convolution.
+    pub first_conv: &'static str,
+}
+
+pub fn arch_info(arch: Arch) -> ArchInfo {
+    match arch {
+        Arch::SmallCnn => ArchInfo { classifier: "classifier", first_conv: "features.0" },
+        _ => ArchInfo { classifier: "fc", first_conv: "conv1" },
+    }
+}
+
+#[derive(Debug)]
+enum Net {
+    Cnn(cnn::SmallCnn),
+    ResNet(resnet::ResNet),
+}
+
+/// A classifier built from a [`ModelConfig`].
+#[derive(Debug)]
+pub struct Model {
+    pub arch: Arch,
+    pub num_classes: i64,
+    net: Net,
+}
+
+impl Model {
+    /// Builds the model under `p` with `num_classes` outputs.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: i64) -> Model {
+        let net = match cfg.arch {
+            Arch::SmallCnn => Net::Cnn(cnn::SmallCnn::new(p, num_classes, cfg.width, cfg.dropout)),
+            arch => Net::ResNet(resnet::ResNet::new(p, arch, num_classes, cfg.zero_init_residual)),
+        };
+        Model { arch: cfg.arch, num_classes, net }
+    }
+
+    /// Pooled features before the classifier head.
+    pub fn forward_features(&self, xs: &Tensor, train: bool) -> Tensor {
+        match &self.net {
+            Net::Cnn(m) => m.forward_features(xs, train),
+            Net::ResNet(m) => m.forward_features(xs, train),
+        }
+    }
+
+    /// Classifier head over pooled features.
+    pub fn forward_head(&self, features: &Tensor, train: bool) -> Tensor {
+        match &self.net {
+            Net::Cnn(m) => m.forward_head(features, train),
+            Net::ResNet(m) => m.forward_head(features),
+        }
+    }
+
+    pub fn info(&self) -> ArchInfo {
+        arch_info(self.arch)
+    }
+}
+
+impl ModuleT for Model {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_head(&self.forward_features(xs, train), train)
+    }
+}
+
+/// Fails when two variables were created under one name (tch silently renames the second
+/// to `name__N`, which would break checkpoint compatibility).
+pub fn assert_unique_names(vs: &nn::VarStore) {
+    let dup: Vec<String> = vs.variables().into_keys().filter(|k| k.contains("__")).collect();
+    assert!(dup.is_empty(), "duplicate variable names: {dup:?}");
+}

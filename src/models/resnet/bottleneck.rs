@@ -1,0 +1,52 @@
+//! ResNet's Bottleneck block (1x1 reduce, 3x3, 1x1 expand), as torchvision's `Bottleneck`:
+//! the stride sits on the 3x3 convolution ("ResNet v1.5"), expansion 4.
+
+use super::Downsample;
+use crate::models::layers::{conv2d, BatchNorm2d};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug)]
+pub struct Bottleneck {
+    conv1: nn::Conv2D,
+    bn1: BatchNorm2d,
+    conv2: nn::Conv2D,
+    bn2: BatchNorm2d,
+    conv3: nn::Conv2D,
+    bn3: BatchNorm2d,
+    downsample: Option<Downsample>,
+}
+
+impl Bottleneck {
+    pub const EXPANSION: i64 = 4;
+
+    pub fn new(p: &nn::Path, c_in: i64, planes: i64, stride: i64, zero_init_residual: bool) -> Self {
+        let c_out = planes * Self::EXPANSION;
+        let mut bn3 = BatchNorm2d::new(p / "bn3", c_out);
+        if zero_init_residual {
+            bn3.zero_weight();
+        }
+        Bottleneck {
+            conv1: conv2d(p / "conv1", c_in, planes, 1, 1, 0),
+            bn1: BatchNorm2d::new(p / "bn1", planes),
+            conv2: conv2d(p / "conv2", planes, planes, 3, stride, 1),
+            bn2: BatchNorm2d::new(p / "bn2", planes),
+            conv3: conv2d(p / "conv3", planes, c_out, 1, 1, 0),
+            bn3,
+            downsample: Downsample::if_needed(p, c_in, c_out, stride),
+        }
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let out = out.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let out = out.apply(&self.conv3).apply_t(&self.bn3, train);
+        let identity = match &self.downsample {
+            Some(d) => d.forward_t(xs, train),
+            None => xs.shallow_clone(),
+        };
+        (out + identity).relu()
+    }
+}
