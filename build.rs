@@ -25,4 +25,25 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");
     println!("cargo:rustc-env=HONDO_LIBTORCH_LIB={}", lib.display());
+
+    // Versions for `hondo info`: libtorch's from the pip package, tch's from our manifest.
+    let version_py = lib.parent().map(|d| d.join("version.py"));
+    let libtorch = version_py
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=HONDO_LIBTORCH_VERSION={libtorch}");
+    let manifest = std::fs::read_to_string("Cargo.toml").unwrap_or_default();
+    let tch = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("tch = \"="))
+        .and_then(|v| v.split('"').next())
+        .unwrap_or("unknown");
+    println!("cargo:rustc-env=HONDO_TCH_VERSION={tch}");
+    println!("cargo:rerun-if-changed=Cargo.toml");
 }

@@ -4,7 +4,11 @@
 //! [`config`] reads and validates configs, [`models`] defines the networks, [`data`] reads
 //! and augments images, [`train`] runs the loop, [`checkpoint`] writes and reads run state.
 
+pub mod checkpoint;
 pub mod config;
-pub mod device;
 pub mod data;
+pub mod device;
 pub mod models;
+pub mod run_dir;
+pub mod tensor_io;
+pub mod train;

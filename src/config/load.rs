@@ -9,9 +9,18 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}:{column}: {key}{message}")]
-    Syntax { file: String, line: usize, column: usize, key: KeyPrefix, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        key: KeyPrefix,
+        message: String,
+    },
     #[error("--set {text}: {message}")]
     Override { text: String, message: String },
     #[error("invalid configuration in {file}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -34,8 +43,10 @@ impl fmt::Display for KeyPrefix {
 
 /// Reads `path`, applies `overrides` in order and validates the result.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     load_str(&text, &path.display().to_string(), overrides)
 }
 
@@ -49,7 +60,11 @@ pub fn load_str(text: &str, file: &str, overrides: &[Override]) -> Result<Config
             o.apply(&mut table)?;
             config = from_table(&table).map_err(|(key, message)| ConfigError::Override {
                 text: o.text.clone(),
-                message: if key.is_empty() { message } else { format!("key `{key}`: {message}") },
+                message: if key.is_empty() {
+                    message
+                } else {
+                    format!("key `{key}`: {message}")
+                },
             })?;
         }
     }
@@ -57,7 +72,10 @@ pub fn load_str(text: &str, file: &str, overrides: &[Override]) -> Result<Config
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigError::Invalid { file: file.to_string(), problems })
+        Err(ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        })
     }
 }
 
@@ -73,7 +91,10 @@ fn from_table(table: &toml::Table) -> Result<Config, (String, String)> {
     let value = toml::Value::Table(table.clone());
     serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
         let key = e.path().to_string();
-        (clean_key(&key, e.inner().message()), e.inner().message().trim().to_string())
+        (
+            clean_key(&key, e.inner().message()),
+            e.inner().message().trim().to_string(),
+        )
     })
 }
 
@@ -82,7 +103,11 @@ fn clean_key(path: &str, message: &str) -> String {
     let path = if path == "." { "" } else { path };
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(field) = rest.split('`').next() {
-            return if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+            return if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
         }
     }
     path.to_string()

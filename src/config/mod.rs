@@ -291,7 +291,11 @@ pub struct ParamGroupConfig {
 
 impl Default for ParamGroupConfig {
     fn default() -> Self {
-        ParamGroupConfig { prefixes: Vec::new(), lr_scale: 1.0, weight_decay: -1.0 }
+        ParamGroupConfig {
+            prefixes: Vec::new(),
+            lr_scale: 1.0,
+            weight_decay: -1.0,
+        }
     }
 }
 
@@ -378,6 +382,19 @@ pub struct TrainConfig {
     pub accumulate: usize,
     /// Plain log line every N steps when not on a terminal (0: only per epoch).
     pub log_every: usize,
+    /// On a NaN or infinite loss: `stop` the run (the last good checkpoint is kept) or
+    /// `skip` the step.
+    pub on_nonfinite: NonFinite,
+    /// Stop when the monitored metric has not improved for this many epochs (0: never).
+    pub early_stop_patience: usize,
+}
+
+/// What a NaN or infinite loss does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinite {
+    Stop,
+    Skip,
 }
 
 impl Default for TrainConfig {
@@ -394,6 +411,8 @@ impl Default for TrainConfig {
             grad_clip: 0.0,
             accumulate: 1,
             log_every: 0,
+            on_nonfinite: NonFinite::Stop,
+            early_stop_patience: 0,
         }
     }
 }

@@ -19,19 +19,26 @@ impl FromStr for Override {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (key, raw) =
-            text.split_once('=').ok_or_else(|| format!("`{text}` is not of the form key.path=value"))?;
+        let (key, raw) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}` is not of the form key.path=value"))?;
         let key = key.trim();
         let path: Vec<String> = key.split('.').map(|s| s.trim().to_string()).collect();
         if path.iter().any(|p| p.is_empty()) {
-            return Err(format!("`{key}` is not a valid key path (e.g. optimizer.lr)"));
+            return Err(format!(
+                "`{key}` is not a valid key path (e.g. optimizer.lr)"
+            ));
         }
         let raw = raw.trim();
         let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
             Ok(mut t) => t.remove("v").expect("parsed key"),
             Err(_) => toml::Value::String(raw.to_string()),
         };
-        Ok(Override { text: text.to_string(), path, value })
+        Ok(Override {
+            text: text.to_string(),
+            path,
+            value,
+        })
     }
 }
 
@@ -71,9 +78,18 @@ mod tests {
     fn values_are_toml_and_bare_words_are_strings() {
         assert_eq!(parse("optimizer.lr=0.1").value, toml::Value::Float(0.1));
         assert_eq!(parse("train.epochs=3").value, toml::Value::Integer(3));
-        assert_eq!(parse("model.strict=false").value, toml::Value::Boolean(false));
-        assert_eq!(parse("model.arch=resnet18").value, toml::Value::String("resnet18".into()));
-        assert_eq!(parse("model.arch=\"resnet18\"").value, toml::Value::String("resnet18".into()));
+        assert_eq!(
+            parse("model.strict=false").value,
+            toml::Value::Boolean(false)
+        );
+        assert_eq!(
+            parse("model.arch=resnet18").value,
+            toml::Value::String("resnet18".into())
+        );
+        assert_eq!(
+            parse("model.arch=\"resnet18\"").value,
+            toml::Value::String("resnet18".into())
+        );
         let arr = parse(r#"model.freeze=["conv1","layer1"]"#).value;
         assert_eq!(arr.as_array().unwrap().len(), 2);
         assert_eq!(parse("a.b.c=1").path, vec!["a", "b", "c"]);

@@ -47,12 +47,20 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> anyhow::Result<Loader> {
-        let workers = if opts.workers == 0 { default_workers() } else { opts.workers };
+        let workers = if opts.workers == 0 {
+            default_workers()
+        } else {
+            opts.workers
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("hondo-loader-{i}"))
             .build()?;
-        Ok(Loader { dataset, opts, pool: Arc::new(pool) })
+        Ok(Loader {
+            dataset,
+            opts,
+            pool: Arc::new(pool),
+        })
     }
 
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
@@ -100,7 +108,10 @@ impl Loader {
                 }
             })
             .expect("spawn loader thread");
-        Batches { rx, handle: Some(handle) }
+        Batches {
+            rx,
+            handle: Some(handle),
+        }
     }
 }
 
@@ -121,7 +132,12 @@ fn make_batch(
     let samples: Vec<_> = pool.install(|| {
         indices
             .par_iter()
-            .map(|&i| dataset.get(i, &mut seed::rng(&[opts.seed, 0xda7a, epoch as u64, i as u64])))
+            .map(|&i| {
+                dataset.get(
+                    i,
+                    &mut seed::rng(&[opts.seed, 0xda7a, epoch as u64, i as u64]),
+                )
+            })
             .collect()
     });
     let mut pixels = Vec::with_capacity(indices.len() * size * size * 3);
@@ -143,7 +159,11 @@ fn make_batch(
     if opts.pin_memory {
         images = images.pin_memory(tch::Device::Cuda(0));
     }
-    Ok(Batch { images, labels: Tensor::from_slice(&labels).to_kind(Kind::Int64), skipped })
+    Ok(Batch {
+        images,
+        labels: Tensor::from_slice(&labels).to_kind(Kind::Int64),
+        skipped,
+    })
 }
 
 /// The batches of one epoch, in order.
@@ -178,7 +198,11 @@ mod tests {
     use crate::data::shapes::{Shapes, Split};
 
     fn loader(workers: usize) -> Loader {
-        let cfg = DataConfig { train_size: 50, image_size: 16, ..Default::default() };
+        let cfg = DataConfig {
+            train_size: 50,
+            image_size: 16,
+            ..Default::default()
+        };
         let opts = LoaderOptions {
             batch_size: 8,
             shuffle: true,
@@ -198,7 +222,10 @@ mod tests {
             l.epoch(1, 0)
                 .map(|b| {
                     let b = b.unwrap();
-                    (Vec::<u8>::try_from(b.images.flatten(0, -1)).unwrap(), Vec::<i64>::try_from(&b.labels).unwrap())
+                    (
+                        Vec::<u8>::try_from(b.images.flatten(0, -1)).unwrap(),
+                        Vec::<i64>::try_from(&b.labels).unwrap(),
+                    )
                 })
                 .collect()
         };

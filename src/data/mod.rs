@@ -6,6 +6,7 @@
 //! normalises them there.
 
 pub mod loader;
+pub mod normalize;
 pub mod seed;
 pub mod shapes;
 

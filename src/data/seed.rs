@@ -15,7 +15,9 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// Hashes several words into one seed.
 pub fn combine(words: &[u64]) -> u64 {
-    words.iter().fold(0x6a09_e667_f3bc_c908, |h, w| mix(h ^ mix(*w)))
+    words
+        .iter()
+        .fold(0x6a09_e667_f3bc_c908, |h, w| mix(h ^ mix(*w)))
 }
 
 /// A random stream for the given words.

@@ -28,7 +28,10 @@ pub struct Shapes {
 impl Shapes {
     pub fn new(cfg: &DataConfig, split: Split) -> Shapes {
         Shapes {
-            classes: CLASSES[..cfg.num_shapes].iter().map(|s| s.to_string()).collect(),
+            classes: CLASSES[..cfg.num_shapes]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             len: match split {
                 Split::Train => cfg.train_size,
                 Split::Val => cfg.val_size,
@@ -36,7 +39,11 @@ impl Shapes {
             size: cfg.image_size,
             seed: cfg.seed,
             split,
-            hflip: if split == Split::Train { cfg.augment.hflip } else { 0.0 },
+            hflip: if split == Split::Train {
+                cfg.augment.hflip
+            } else {
+                0.0
+            },
         }
     }
 
@@ -62,7 +69,11 @@ impl Dataset for Shapes {
     fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
         let label = self.label(index);
         let split = self.split as u64;
-        let mut image = draw(label as usize, self.size as usize, &mut seed::rng(&[self.seed, split, index as u64]));
+        let mut image = draw(
+            label as usize,
+            self.size as usize,
+            &mut seed::rng(&[self.seed, split, index as u64]),
+        );
         if self.hflip > 0.0 && rng.gen::<f64>() < self.hflip {
             flip_horizontal(&mut image, self.size as usize);
         }
@@ -147,7 +158,14 @@ mod tests {
     use super::*;
 
     fn set(split: Split) -> Shapes {
-        Shapes::new(&DataConfig { train_size: 40, val_size: 8, ..Default::default() }, split)
+        Shapes::new(
+            &DataConfig {
+                train_size: 40,
+                val_size: 8,
+                ..Default::default()
+            },
+            split,
+        )
     }
 
     #[test]
@@ -177,7 +195,13 @@ mod tests {
         // Count inside points on a grid: every class covers part, not all, of the frame.
         for class in 0..6 {
             let n = (0..100 * 100)
-                .filter(|i| inside(class, (i % 100) as f32 / 50.0 - 1.0, (i / 100) as f32 / 50.0 - 1.0))
+                .filter(|i| {
+                    inside(
+                        class,
+                        (i % 100) as f32 / 50.0 - 1.0,
+                        (i / 100) as f32 / 50.0 - 1.0,
+                    )
+                })
                 .count();
             assert!(n > 1000 && n < 9000, "class {class}: {n}");
         }

@@ -35,7 +35,11 @@ impl SmallCnn {
             })
             .collect();
         let classifier = linear(p / "classifier", c_in, num_classes);
-        SmallCnn { stages, dropout, classifier }
+        SmallCnn {
+            stages,
+            dropout,
+            classifier,
+        }
     }
 
     /// Pooled features `[b, 8 * width]`.
@@ -51,7 +55,9 @@ impl SmallCnn {
     }
 
     pub fn forward_head(&self, features: &Tensor, train: bool) -> Tensor {
-        features.dropout(self.dropout, train).apply(&self.classifier)
+        features
+            .dropout(self.dropout, train)
+            .apply(&self.classifier)
     }
 }
 

@@ -23,8 +23,20 @@ pub fn conv2d(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: 
 /// Fully connected layer with PyTorch's default init: weight and bias `U(-1/sqrt(in), 1/sqrt(in))`.
 pub fn linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     let bound = 1.0 / (c_in as f64).sqrt();
-    let init = Init::Uniform { lo: -bound, up: bound };
-    nn::linear(p, c_in, c_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        c_in,
+        c_out,
+        nn::LinearConfig {
+            ws_init: init,
+            bs_init: Some(init),
+            bias: true,
+        },
+    )
 }
 
 /// BatchNorm over channels with torchvision's parameters and buffers: `weight`, `bias`,

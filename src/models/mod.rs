@@ -19,8 +19,14 @@ pub struct ArchInfo {
 
 pub fn arch_info(arch: Arch) -> ArchInfo {
     match arch {
-        Arch::SmallCnn => ArchInfo { classifier: "classifier", first_conv: "features.0" },
-        _ => ArchInfo { classifier: "fc", first_conv: "conv1" },
+        Arch::SmallCnn => ArchInfo {
+            classifier: "classifier",
+            first_conv: "features.0",
+        },
+        _ => ArchInfo {
+            classifier: "fc",
+            first_conv: "conv1",
+        },
     }
 }
 
@@ -43,9 +49,18 @@ impl Model {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: i64) -> Model {
         let net = match cfg.arch {
             Arch::SmallCnn => Net::Cnn(cnn::SmallCnn::new(p, num_classes, cfg.width, cfg.dropout)),
-            arch => Net::ResNet(resnet::ResNet::new(p, arch, num_classes, cfg.zero_init_residual)),
+            arch => Net::ResNet(resnet::ResNet::new(
+                p,
+                arch,
+                num_classes,
+                cfg.zero_init_residual,
+            )),
         };
-        Model { arch: cfg.arch, num_classes, net }
+        Model {
+            arch: cfg.arch,
+            num_classes,
+            net,
+        }
     }
 
     /// Pooled features before the classifier head.
@@ -78,6 +93,10 @@ impl ModuleT for Model {
 /// Fails when two variables were created under one name (tch silently renames the second
 /// to `name__N`, which would break checkpoint compatibility).
 pub fn assert_unique_names(vs: &nn::VarStore) {
-    let dup: Vec<String> = vs.variables().into_keys().filter(|k| k.contains("__")).collect();
+    let dup: Vec<String> = vs
+        .variables()
+        .into_keys()
+        .filter(|k| k.contains("__"))
+        .collect();
     assert!(dup.is_empty(), "duplicate variable names: {dup:?}");
 }

@@ -17,7 +17,13 @@ pub struct BasicBlock {
 impl BasicBlock {
     pub const EXPANSION: i64 = 1;
 
-    pub fn new(p: &nn::Path, c_in: i64, planes: i64, stride: i64, zero_init_residual: bool) -> Self {
+    pub fn new(
+        p: &nn::Path,
+        c_in: i64,
+        planes: i64,
+        stride: i64,
+        zero_init_residual: bool,
+    ) -> Self {
         let mut bn2 = BatchNorm2d::new(p / "bn2", planes);
         if zero_init_residual {
             bn2.zero_weight();

@@ -20,7 +20,13 @@ pub struct Bottleneck {
 impl Bottleneck {
     pub const EXPANSION: i64 = 4;
 
-    pub fn new(p: &nn::Path, c_in: i64, planes: i64, stride: i64, zero_init_residual: bool) -> Self {
+    pub fn new(
+        p: &nn::Path,
+        c_in: i64,
+        planes: i64,
+        stride: i64,
+        zero_init_residual: bool,
+    ) -> Self {
         let c_out = planes * Self::EXPANSION;
         let mut bn3 = BatchNorm2d::new(p / "bn3", c_out);
         if zero_init_residual {

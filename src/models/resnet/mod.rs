@@ -44,7 +44,10 @@ impl Downsample {
     fn if_needed(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Option<Downsample> {
         (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
-            Downsample { conv: conv2d(&d / 0, c_in, c_out, 1, stride, 0), bn: BatchNorm2d::new(&d / 1, c_out) }
+            Downsample {
+                conv: conv2d(&d / 0, c_in, c_out, 1, stride, 0),
+                bn: BatchNorm2d::new(&d / 1, c_out),
+            }
         })
     }
 }
@@ -95,10 +98,20 @@ impl ResNet {
                     let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                     let bp = &lp / i;
                     let block = match kind {
-                        BlockKind::Basic => Block::Basic(BasicBlock::new(&bp, c_in, planes, stride, zero_init_residual)),
-                        BlockKind::Bottleneck => {
-                            Block::Bottleneck(Bottleneck::new(&bp, c_in, planes, stride, zero_init_residual))
-                        }
+                        BlockKind::Basic => Block::Basic(BasicBlock::new(
+                            &bp,
+                            c_in,
+                            planes,
+                            stride,
+                            zero_init_residual,
+                        )),
+                        BlockKind::Bottleneck => Block::Bottleneck(Bottleneck::new(
+                            &bp,
+                            c_in,
+                            planes,
+                            stride,
+                            zero_init_residual,
+                        )),
                     };
                     c_in = planes * expansion;
                     block

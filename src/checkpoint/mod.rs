@@ -1,0 +1,251 @@
+//! The checkpoint format: one `.safetensors` file per checkpoint.
+//!
+//! - Model parameters and buffers under torchvision's names (`conv1.weight`, ...).
+//! - Optimizer state under `optimizer/<param>.<field>`.
+//! - Metadata `hondo.format` = `hondo-checkpoint`, `hondo.version` = format version, and
+//!   `hondo.meta` = JSON [`Meta`]: epoch, step, architecture, classes, preprocessing,
+//!   metrics and the effective config.
+//!
+//! One file per checkpoint keeps the write atomic (see [`atomic`]).
+
+pub mod atomic;
+pub mod policy;
+
+use crate::tensor_io;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const FORMAT: &str = "hondo-checkpoint";
+pub const VERSION: u32 = 1;
+const OPTIMIZER_PREFIX: &str = "optimizer/";
+
+/// What a checkpoint says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub hondo_version: String,
+    pub arch: String,
+    pub num_classes: i64,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// Eval preprocessing: input side, resize ratio, normalisation.
+    pub image_size: u32,
+    pub crop_fraction: f64,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+    /// Epoch in progress (0-based) and batches of it already done: a checkpoint written
+    /// at the end of epoch `e` says `epoch = e + 1, batch = 0`.
+    pub epoch: usize,
+    pub batch: usize,
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Metrics of the last finished epoch (`val_acc`, `val_loss`, ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// Best monitored value so far and its epoch (1-based).
+    pub best: Option<(f64, usize)>,
+    /// Consecutive epochs without improvement (early stopping).
+    pub epochs_without_improvement: usize,
+    /// The effective configuration, as TOML.
+    pub config: String,
+}
+
+/// A checkpoint read back.
+pub struct Checkpoint {
+    pub meta: Meta,
+    pub model: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{0} is not a hondo checkpoint: {1}")]
+    NotACheckpoint(PathBuf, String),
+    #[error("{0}: checkpoint format version {1} is newer than this hondo reads ({VERSION})")]
+    TooNew(PathBuf, u32),
+    #[error("{0}: {1}")]
+    Tensors(PathBuf, tensor_io::TensorIoError),
+}
+
+/// Serialises a checkpoint.
+pub fn to_bytes(
+    meta: &Meta,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+) -> Result<Vec<u8>, tensor_io::TensorIoError> {
+    let mut tensors: Vec<(String, Tensor)> = model
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    tensors.extend(
+        optimizer
+            .iter()
+            .map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t.shallow_clone())),
+    );
+    let metadata = HashMap::from([
+        ("hondo.format".to_string(), FORMAT.to_string()),
+        ("hondo.version".to_string(), VERSION.to_string()),
+        (
+            "hondo.meta".to_string(),
+            serde_json::to_string(meta).expect("meta serialises"),
+        ),
+    ]);
+    tensor_io::serialize(&tensors, metadata)
+}
+
+/// Reads a whole checkpoint.
+pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io(path.into(), e))?;
+    let (tensors, metadata) = tensor_io::deserialize(&bytes)
+        .map_err(|e| CheckpointError::NotACheckpoint(path.into(), e.to_string()))?;
+    let meta = parse_meta(path, &metadata)?;
+    let (optimizer, model): (Vec<_>, Vec<_>) = tensors
+        .into_iter()
+        .partition(|(n, _)| n.starts_with(OPTIMIZER_PREFIX));
+    let optimizer = optimizer
+        .into_iter()
+        .map(|(n, t)| (n[OPTIMIZER_PREFIX.len()..].to_string(), t))
+        .collect();
+    Ok(Checkpoint {
+        meta,
+        model,
+        optimizer,
+    })
+}
+
+/// Reads only the metadata (the safetensors header), not the tensors.
+pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
+    let io = |e| CheckpointError::Io(path.into(), e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| CheckpointError::NotACheckpoint(path.into(), "file too short".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(CheckpointError::NotACheckpoint(
+            path.into(),
+            "header too large".into(),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| CheckpointError::NotACheckpoint(path.into(), "truncated header".into()))?;
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let h: Header = serde_json::from_slice(&header)
+        .map_err(|e| CheckpointError::NotACheckpoint(path.into(), e.to_string()))?;
+    parse_meta(path, &h.metadata)
+}
+
+fn parse_meta(path: &Path, metadata: &HashMap<String, String>) -> Result<Meta, CheckpointError> {
+    let not = |why: &str| CheckpointError::NotACheckpoint(path.into(), why.into());
+    if metadata.get("hondo.format").map(String::as_str) != Some(FORMAT) {
+        return Err(not(
+            "no hondo checkpoint metadata (an exported or foreign weights file?)",
+        ));
+    }
+    let version: u32 = metadata
+        .get("hondo.version")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| not("no format version"))?;
+    if version > VERSION {
+        return Err(CheckpointError::TooNew(path.into(), version));
+    }
+    let meta = metadata
+        .get("hondo.meta")
+        .ok_or_else(|| not("no hondo.meta"))?;
+    serde_json::from_str(meta).map_err(|e| not(&format!("bad hondo.meta: {e}")))
+}
+
+/// File names inside a run directory.
+pub const LAST: &str = "last.safetensors";
+pub const BEST: &str = "best.safetensors";
+
+/// `epoch-0007.safetensors`: zero-padded so names sort by epoch.
+pub fn epoch_file(epoch: usize) -> String {
+    format!("epoch-{epoch:04}.safetensors")
+}
+
+/// The `epoch-NNNN` checkpoints in `dir` with their monitored metric, read from disk (so
+/// top-k survives a resume).
+pub fn list_kept(dir: &Path, monitor: &str) -> Vec<(usize, f64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut kept: Vec<(usize, f64)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let epoch: usize = name
+                .strip_prefix("epoch-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            let meta = read_meta(&e.path()).ok()?;
+            Some((epoch, *meta.metrics.get(monitor)?))
+        })
+        .collect();
+    kept.sort_by_key(|(e, _)| *e);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn meta() -> Meta {
+        Meta {
+            hondo_version: "0".into(),
+            arch: "small_cnn".into(),
+            num_classes: 2,
+            classes: vec!["a".into(), "b".into()],
+            image_size: 32,
+            crop_fraction: 0.875,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            epoch: 3,
+            batch: 0,
+            step: 30,
+            metrics: BTreeMap::from([("val_acc".into(), 0.75)]),
+            best: Some((0.75, 3)),
+            epochs_without_improvement: 0,
+            config: String::new(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_header_only_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(epoch_file(3));
+        let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        let opt = vec![("w.step".to_string(), Tensor::from(4i64))];
+        atomic::write(&p, &to_bytes(&meta(), &model, &opt).unwrap()).unwrap();
+        let c = read(&p).unwrap();
+        assert_eq!(c.meta, meta());
+        assert_eq!(c.model[0].0, "w");
+        assert!(c.model[0].1.equal(&model[0].1));
+        assert_eq!(c.optimizer[0].0, "w.step");
+        assert_eq!(read_meta(&p).unwrap(), meta());
+        assert_eq!(list_kept(dir.path(), "val_acc"), vec![(3, 0.75)]);
+    }
+
+    #[test]
+    fn foreign_and_broken_files_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.safetensors");
+        std::fs::write(&p, tensor_io::serialize(&[], HashMap::new()).unwrap()).unwrap();
+        assert!(read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a hondo checkpoint"));
+        std::fs::write(&p, b"\x05").unwrap();
+        let e = read_meta(&p).unwrap_err().to_string();
+        assert!(e.contains("x.safetensors"), "{e}");
+    }
+}

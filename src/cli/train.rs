@@ -1,0 +1,114 @@
+//! `hondo train CONFIG [--set key=value]... [--device D] [--out DIR]`, or
+//! `hondo train --resume RUN_DIR [--set ...]`.
+
+use anyhow::Context;
+use hondo::config::{self, Override};
+use hondo::train::{self, signals::StopSignal, Outcome, TrainOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Config file (TOML); with --resume, defaults to the run's own config.toml.
+    #[arg(required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Override a key: `--set optimizer.lr=0.1` (the value is TOML; a bare word is a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+    /// Device: auto, cpu, cuda or cuda:N (overrides train.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Run directory to create (default: a fresh directory under checkpoint.dir).
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Replace the contents of a non-empty --out directory.
+    #[arg(long, requires = "out")]
+    overwrite: bool,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Only warnings and the final summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let path = match (&a.config, &a.resume) {
+        (Some(c), _) => c.clone(),
+        (None, Some(dir)) => {
+            let p = dir.join("config.toml");
+            if !p.is_file() {
+                anyhow::bail!(
+                    "{} is not a hondo run directory: {} not found",
+                    dir.display(),
+                    p.display()
+                );
+            }
+            p
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let mut overrides = a.set.clone();
+    if let Some(d) = &a.device {
+        overrides.push(
+            format!("train.device={d}")
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let cfg = config::load(&path, &overrides)?;
+    let stop = StopSignal::install().context("installing signal handlers")?;
+    let summary = train::run(TrainOptions {
+        config: cfg,
+        out: a.out,
+        overwrite: a.overwrite,
+        resume: a.resume,
+        quiet: a.quiet,
+        stop,
+    })?;
+
+    let best = summary
+        .best
+        .map(|(v, e)| {
+            format!(
+                "best {} {} (epoch {e})",
+                summary.monitor,
+                fmt_metric(&summary.monitor, v)
+            )
+        })
+        .unwrap_or_else(|| "no finished epoch".into());
+    let last = summary
+        .last
+        .as_ref()
+        .map(|m| {
+            format!(
+                "; last val_acc {:.2}% val_loss {:.4}",
+                m.val_acc * 100.0,
+                m.val_loss
+            )
+        })
+        .unwrap_or_default();
+    let what = match summary.outcome {
+        Outcome::Finished => "done",
+        Outcome::EarlyStopped => "stopped early",
+        Outcome::Interrupted(_) => "interrupted",
+    };
+    eprintln!(
+        "{what}: {} epochs in {:.1}s; {best}{last}; run directory {}",
+        summary.epochs_done,
+        summary.seconds,
+        summary.run_dir.display()
+    );
+    Ok(match summary.outcome {
+        Outcome::Interrupted(code) => ExitCode::from(code as u8),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn fmt_metric(name: &str, v: f64) -> String {
+    if name.ends_with("acc") {
+        format!("{:.2}%", v * 100.0)
+    } else {
+        format!("{v:.4}")
+    }
+}

@@ -1,0 +1,148 @@
+//! Per-epoch metrics: accumulated during an epoch, appended as one JSON line to
+//! `metrics.jsonl` in the run directory.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Optimizer steps done at the end of the epoch.
+    pub step: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// Learning rate at the end of the epoch (base group).
+    pub lr: f64,
+    /// Training images per second (loading included).
+    pub images_per_sec: f64,
+    pub seconds: f64,
+    /// Unreadable files skipped this epoch (train and validation).
+    pub skipped: usize,
+}
+
+impl EpochMetrics {
+    /// The value of a monitored metric by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        match name {
+            "val_acc" => Some(self.val_acc),
+            "val_loss" => Some(self.val_loss),
+            "train_acc" => Some(self.train_acc),
+            "train_loss" => Some(self.train_loss),
+            _ => None,
+        }
+    }
+}
+
+/// Running sums of loss and correct predictions over an epoch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Running {
+    pub loss_sum: f64,
+    pub correct: i64,
+    pub seen: i64,
+}
+
+impl Running {
+    pub fn add(&mut self, loss_mean: f64, correct: i64, n: i64) {
+        self.loss_sum += loss_mean * n as f64;
+        self.correct += correct;
+        self.seen += n;
+    }
+
+    pub fn loss(&self) -> f64 {
+        if self.seen == 0 {
+            f64::NAN
+        } else {
+            self.loss_sum / self.seen as f64
+        }
+    }
+
+    pub fn acc(&self) -> f64 {
+        if self.seen == 0 {
+            f64::NAN
+        } else {
+            self.correct as f64 / self.seen as f64
+        }
+    }
+}
+
+/// Appends one line to `path`.
+pub fn append(path: &Path, m: &EpochMetrics) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(m).expect("metrics serialise")
+    )
+}
+
+/// Reads every line of a `metrics.jsonl`; later lines for an epoch replace earlier ones
+/// (a resumed run re-logs the epoch it was interrupted in).
+pub fn read(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut out: Vec<EpochMetrics> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let m: EpochMetrics = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        out.retain(|o| o.epoch != m.epoch);
+        out.push(m);
+    }
+    out.sort_by_key(|m| m.epoch);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_means_weight_by_batch_size() {
+        let mut r = Running::default();
+        r.add(1.0, 2, 2);
+        r.add(4.0, 0, 1);
+        assert!((r.loss() - 2.0).abs() < 1e-12);
+        assert!((r.acc() - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lines_round_trip_and_later_epochs_win() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let m = EpochMetrics {
+            epoch: 1,
+            step: 10,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            val_loss: 0.9,
+            val_acc: 0.6,
+            lr: 0.1,
+            images_per_sec: 100.0,
+            seconds: 1.0,
+            skipped: 0,
+        };
+        append(&p, &m).unwrap();
+        append(
+            &p,
+            &EpochMetrics {
+                val_acc: 0.7,
+                ..m.clone()
+            },
+        )
+        .unwrap();
+        let all = read(&p).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].val_acc, 0.7);
+    }
+}
