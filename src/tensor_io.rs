@@ -82,10 +82,11 @@ pub fn serialize(
     safetensors::serialize(views, &Some(metadata)).map_err(|e| TensorIoError::Format(e.to_string()))
 }
 
+/// Tensors with their names.
+pub type Named = Vec<(String, Tensor)>;
+
 /// Named tensors (on the CPU) and metadata from safetensors bytes.
-pub fn deserialize(
-    bytes: &[u8],
-) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>), TensorIoError> {
+pub fn deserialize(bytes: &[u8]) -> Result<(Named, HashMap<String, String>), TensorIoError> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| TensorIoError::Format(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(bytes)

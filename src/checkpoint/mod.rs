@@ -52,6 +52,7 @@ pub struct Meta {
 }
 
 /// A checkpoint read back.
+#[derive(Debug)]
 pub struct Checkpoint {
     pub meta: Meta,
     pub model: Vec<(String, Tensor)>,
@@ -193,6 +194,56 @@ pub fn list_kept(dir: &Path, monitor: &str) -> Vec<(usize, f64)> {
         .collect();
     kept.sort_by_key(|(e, _)| *e);
     kept
+}
+
+/// A model rebuilt from a checkpoint: its variables hold the checkpoint's tensors exactly.
+pub struct Restored {
+    pub vs: tch::nn::VarStore,
+    pub model: crate::models::Model,
+    pub meta: Meta,
+    pub config: crate::config::Config,
+}
+
+/// Rebuilds the model a checkpoint was written from, on `device`.
+pub fn restore(path: &Path, device: tch::Device) -> anyhow::Result<Restored> {
+    let ckpt = read(path)?;
+    let config = crate::config::load_str(
+        &ckpt.meta.config,
+        &format!("{} (embedded config)", path.display()),
+        &[],
+    )?;
+    let vs = tch::nn::VarStore::new(device);
+    let model = crate::models::Model::new(&vs.root(), &config.model, ckpt.meta.num_classes);
+    copy_exact(&vs, &ckpt.model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Restored {
+        vs,
+        model,
+        meta: ckpt.meta,
+        config,
+    })
+}
+
+/// Copies tensors into a VarStore's variables exactly: same names, same shapes, and every
+/// variable covered.
+pub fn copy_exact(vs: &tch::nn::VarStore, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+    let mut vars = vs.variables();
+    for (name, t) in tensors {
+        let Some(var) = vars.remove(name) else {
+            anyhow::bail!("the checkpoint has tensor `{name}`, which this model does not");
+        };
+        if var.size() != t.size() {
+            anyhow::bail!(
+                "tensor `{name}`: the checkpoint has shape {:?}, the model {:?}",
+                t.size(),
+                var.size()
+            );
+        }
+        tch::no_grad(|| var.shallow_clone().copy_(t));
+    }
+    if let Some(name) = vars.keys().next() {
+        anyhow::bail!("the checkpoint lacks tensor `{name}`");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ impl Loader {
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.opts.shuffle {
-            order.shuffle(&mut seed::rng(&[self.opts.seed, 0x5417_f1e, epoch as u64]));
+            order.shuffle(&mut seed::rng(&[self.opts.seed, 0x0541_7f1e, epoch as u64]));
         }
         order
     }

@@ -33,7 +33,7 @@ pub fn arch_info(arch: Arch) -> ArchInfo {
 #[derive(Debug)]
 enum Net {
     Cnn(cnn::SmallCnn),
-    ResNet(resnet::ResNet),
+    ResNet(Box<resnet::ResNet>),
 }
 
 /// A classifier built from a [`ModelConfig`].
@@ -49,12 +49,12 @@ impl Model {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: i64) -> Model {
         let net = match cfg.arch {
             Arch::SmallCnn => Net::Cnn(cnn::SmallCnn::new(p, num_classes, cfg.width, cfg.dropout)),
-            arch => Net::ResNet(resnet::ResNet::new(
+            arch => Net::ResNet(Box::new(resnet::ResNet::new(
                 p,
                 arch,
                 num_classes,
                 cfg.zero_init_residual,
-            )),
+            ))),
         };
         Model {
             arch: cfg.arch,

@@ -268,9 +268,8 @@ fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow
     let mut skipped = 0;
     let mut images = 0;
     let t0 = Instant::now();
-    let mut batches = s.train.epoch(epoch, pos.batch);
     let mut b = pos.batch;
-    while let Some(batch) = batches.next() {
+    for batch in s.train.epoch(epoch, pos.batch) {
         let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
         for e in &batch.skipped {
             s.progress.warn(&format!("skipped {e}"));
@@ -331,15 +330,15 @@ fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow
             s.optimizer.zero_grad();
             pos.step += 1;
             pos.batch = b;
-            s.progress.update(
+            s.progress.update(&progress::StepReport {
                 epoch,
-                pos.step,
-                b,
-                stats.loss(),
-                stats.acc(),
+                step: pos.step,
+                batch: b,
+                loss: stats.loss(),
+                acc: stats.acc(),
                 lr,
-                images as f64 / t0.elapsed().as_secs_f64(),
-            );
+                images_per_sec: images as f64 / t0.elapsed().as_secs_f64(),
+            });
             if cfg.checkpoint.every_steps > 0
                 && pos.step % cfg.checkpoint.every_steps == 0
                 && !last_of_epoch
@@ -487,7 +486,7 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
                 cfg.model.arch.name()
             );
         }
-        copy_into(&vs, &ckpt.model).context("loading the checkpoint's weights")?;
+        checkpoint::copy_exact(&vs, &ckpt.model).context("loading the checkpoint's weights")?;
         pos = Position {
             epoch: ckpt.meta.epoch,
             batch: ckpt.meta.batch,
@@ -586,28 +585,6 @@ fn load_pretrained(
         "model.pretrained = {:?}: loading pretrained weights is not available in this build",
         cfg.model.pretrained
     )
-}
-
-/// Copies a checkpoint's tensors into the variables, exactly: same names, same shapes.
-fn copy_into(vs: &VarStore, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-    let mut vars = vs.variables();
-    for (name, t) in tensors {
-        let Some(var) = vars.remove(name) else {
-            bail!("the checkpoint has tensor `{name}`, which this model does not");
-        };
-        if var.size() != t.size() {
-            bail!(
-                "tensor `{name}`: the checkpoint has shape {:?}, the model {:?}",
-                t.size(),
-                var.size()
-            );
-        }
-        tch::no_grad(|| var.shallow_clone().copy_(t));
-    }
-    if let Some(name) = vars.keys().next() {
-        bail!("the checkpoint lacks tensor `{name}`");
-    }
-    Ok(())
 }
 
 /// Re-lays 4-d weights in channels-last (NHWC) memory order; shapes are unchanged.

@@ -4,6 +4,18 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
+/// What the bar shows after a step; `batch` is 1-based within the epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub epoch: usize,
+    pub step: usize,
+    pub batch: usize,
+    pub loss: f64,
+    pub acc: f64,
+    pub lr: f64,
+    pub images_per_sec: f64,
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     quiet: bool,
@@ -37,18 +49,18 @@ impl Progress {
     }
 
     /// After a batch: `batch` is 1-based within the epoch.
-    pub fn update(
-        &self,
-        epoch: usize,
-        step: usize,
-        batch: usize,
-        loss: f64,
-        acc: f64,
-        lr: f64,
-        ips: f64,
-    ) {
+    pub fn update(&self, s: &StepReport) {
+        let StepReport {
+            epoch,
+            step,
+            batch,
+            loss,
+            acc,
+            lr,
+            images_per_sec,
+        } = *s;
         let msg = format!(
-            "loss {loss:.4} acc {:.2}% lr {lr:.3e} {ips:.0} img/s",
+            "loss {loss:.4} acc {:.2}% lr {lr:.3e} {images_per_sec:.0} img/s",
             acc * 100.0
         );
         match &self.bar {

@@ -1,1 +1,8 @@
+//! The one integration-test binary (each test binary re-links libtorch).
 
+mod common;
+
+mod cli;
+mod config_errors;
+mod linkage;
+mod training;
