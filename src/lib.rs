@@ -8,3 +8,4 @@ pub mod config;
 pub mod device;
 pub mod data;
 pub mod models;
+pub mod weights;
