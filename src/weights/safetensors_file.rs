@@ -1,7 +1,7 @@
 //! Reader for `.safetensors` files (Hugging Face's format: a JSON header, then raw
 //! little-endian tensors), through the `safetensors` crate.
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
@@ -27,8 +27,12 @@ fn kind(dtype: Dtype) -> Option<Kind> {
 
 /// Parses a whole `.safetensors` file; the error is a message for the caller to wrap.
 pub fn read(bytes: &[u8]) -> Result<Contents, String> {
-    let st =
-        SafeTensors::deserialize(bytes).map_err(|e| format!("invalid safetensors file: {e}"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| match e {
+        SafeTensorError::MetadataIncompleteBuffer => "invalid safetensors file: the tensor \
+                data runs past the end of the file (truncated file?)"
+            .to_string(),
+        e => format!("invalid safetensors file: {e}"),
+    })?;
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("invalid safetensors header: {e}"))?;
     let metadata = header.metadata().clone().unwrap_or_default();

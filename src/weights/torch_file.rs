@@ -61,7 +61,13 @@ pub fn read<R: Read + Seek>(mut r: R) -> Result<(TorchFormat, Vec<(String, Tenso
     } else if head.len() > 262 && &head[257..262] == b"ustar" {
         malformed("tar-format checkpoint (PyTorch before 0.1.10) is not supported")
     } else {
-        malformed("not a PyTorch file (neither a zip archive nor a pickle)")
+        // Not what torch.save writes; still report a forbidden global in a bare pickle.
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes).map_err(io)?;
+        match pickle::unpickle(&bytes, 0) {
+            Err(PickleError::Forbidden(g)) => Err(ReadError::Forbidden(g)),
+            _ => malformed("not a PyTorch file (neither a zip archive nor a pickle)"),
+        }
     }
 }
 
