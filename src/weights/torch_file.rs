@@ -474,6 +474,33 @@ mod tests {
         ));
     }
 
+    /// A legacy file as PyTorch 0.1-0.3 under Python 2 wrote them (torchvision's 2017
+    /// files): byte strings, `_rebuild_tensor` (v1), storage view metadata, CUDA location.
+    #[test]
+    fn python2_legacy_file_with_rebuild_tensor_v1_and_storage_view() {
+        let mut f = vec![0x80, 2, 0x8a, 10];
+        f.extend_from_slice(&LEGACY_MAGIC.to_le_bytes()[..10]);
+        f.extend_from_slice(b".\x80\x02M\xe9\x03.");
+        f.extend_from_slice(b"\x80\x02}U\x0dlittle_endian\x88s.");
+        f.extend_from_slice(b"\x80\x02}(U\x01wctorch._utils\n_rebuild_tensor\n(");
+        f.extend_from_slice(b"(U\x07storagectorch\nFloatStorage\nU\x03123U\x06cuda:0K\x06");
+        f.extend_from_slice(b"U\x03124K\x02K\x03\x87tQK\x01K\x02\x85K\x01\x85tRu.");
+        f.extend_from_slice(b"\x80\x02]q\x00(U\x03123e.");
+        f.extend_from_slice(&6u64.to_le_bytes());
+        for v in [0f32, 1., 2., 3., 4., 5.] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let (fmt, tensors) = read(Cursor::new(&f)).unwrap();
+        assert_eq!(fmt, TorchFormat::Legacy);
+        assert_eq!(tensors[0].0, "w");
+        // View at element 2 of the root storage, tensor offset 1 inside the view.
+        assert_eq!(values(&tensors[0].1), [3., 4.]);
+        // Every cut fails cleanly.
+        for len in 0..f.len() {
+            assert!(read(Cursor::new(&f[..len])).is_err(), "cut at {len}");
+        }
+    }
+
     #[test]
     fn contiguity() {
         assert!(is_contiguous(&[2, 3], &[3, 1]));
