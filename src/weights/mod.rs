@@ -5,7 +5,7 @@
 //! - `.safetensors` (torchvision exports, timm's `model.safetensors` on the hub), with the
 //!   header's `__metadata__`;
 //! - `.pth`, `.pt`, `.bin`, `.tar`: `torch.save(state_dict)` files, zip or legacy, read by a
-//!   whitelisting unpickler in Rust ([`pickle`]): libtorch cannot read them (it rejects the
+//!   whitelisting unpickler in Rust (`pickle.rs`): libtorch cannot read them (it rejects the
 //!   `OrderedDict` `_metadata`), and a general unpickler would run code from the file;
 //! - `.ot`: libtorch's archive format (`VarStore::save`).
 //!
