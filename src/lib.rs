@@ -12,3 +12,4 @@ pub mod models;
 pub mod run_dir;
 pub mod tensor_io;
 pub mod train;
+pub mod weights;

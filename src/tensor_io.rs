@@ -87,10 +87,16 @@ pub type Named = Vec<(String, Tensor)>;
 
 /// Named tensors (on the CPU) and metadata from safetensors bytes.
 pub fn deserialize(bytes: &[u8]) -> Result<(Named, HashMap<String, String>), TensorIoError> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| TensorIoError::Format(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| TensorIoError::Format(e.to_string()))?;
+    let format = |e: safetensors::SafeTensorError| {
+        TensorIoError::Format(match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                "the tensor data runs past the end of the file (truncated file?)".to_string()
+            }
+            e => e.to_string(),
+        })
+    };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(format)?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(format)?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype())

@@ -575,16 +575,31 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
     ))
 }
 
+/// Loads `model.pretrained` into the fresh model; a head of another class count is left
+/// freshly initialised, and the run says so in one line.
 fn load_pretrained(
-    _vs: &VarStore,
-    _model: &Model,
+    vs: &VarStore,
+    model: &Model,
     cfg: &Config,
-    _progress: &Progress,
+    progress: &Progress,
 ) -> anyhow::Result<()> {
-    bail!(
-        "model.pretrained = {:?}: loading pretrained weights is not available in this build",
-        cfg.model.pretrained
-    )
+    let path = Path::new(&cfg.model.pretrained);
+    let report =
+        crate::weights::load_pretrained(vs, path, model.info().classifier, cfg.model.strict)
+            .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
+    progress.println(&format!(
+        "pretrained {}: {}",
+        path.display(),
+        report.summary()
+    ));
+    if !report.head_reinitialised.is_empty() {
+        progress.println(&format!(
+            "the head ({}) does not fit {} classes: it starts freshly initialised",
+            model.info().classifier,
+            model.num_classes
+        ));
+    }
+    Ok(())
 }
 
 /// Re-lays 4-d weights in channels-last (NHWC) memory order; shapes are unchanged.

@@ -6,3 +6,4 @@ mod cli;
 mod config_errors;
 mod linkage;
 mod training;
+mod weights;

@@ -1,0 +1,520 @@
+//! Foreign weights: read a name -> tensor map from a file and copy it into a model's
+//! [`VarStore`], checking every name and shape first.
+//!
+//! Formats, chosen by extension:
+//! - `.safetensors` (torchvision exports, timm's `model.safetensors` on the hub), with the
+//!   header's `__metadata__`;
+//! - `.pth`, `.pt`, `.bin`, `.tar`: `torch.save(state_dict)` files, zip or legacy, read by a
+//!   whitelisting unpickler in Rust (`pickle.rs`): libtorch cannot read them (it rejects the
+//!   `OrderedDict` `_metadata`), and a general unpickler would run code from the file;
+//! - `.ot`: libtorch's archive format (`VarStore::save`).
+//!
+//! Checkpoints wrapped as `{"state_dict": ...}` or `{"model": ...}` are unwrapped and a
+//! leading `module.` (DataParallel) is stripped from every name.
+//!
+//! [`load_into`] follows timm's `load_pretrained`: a classifier head whose shape differs
+//! (another class count) is dropped and stays freshly initialised; any other missing,
+//! unexpected or mis-shaped tensor fails a strict load and is reported by a lenient one.
+
+mod pickle;
+mod torch_file;
+
+use crate::tensor_io;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{TchError, Tensor};
+use thiserror::Error;
+
+/// Errors reading a weights file or loading it into a model.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    #[error("cannot read weights file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: unknown weights format (expected .safetensors, .pth, .pt, .bin, .tar or .ot)", path.display())]
+    UnknownFormat { path: PathBuf },
+    #[error("{}: malformed weights file: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    #[error(
+        "{}: refusing to load: its pickle references the global `{global}`, which is not one of \
+         the tensor-rebuilding globals a state dict needs (nothing from the file was run)",
+        path.display()
+    )]
+    ForbiddenGlobal { path: PathBuf, global: String },
+    #[error("{}: libtorch cannot read it: {source}", path.display())]
+    Torch {
+        path: PathBuf,
+        #[source]
+        source: TchError,
+    },
+    #[error("tensor {name} appears twice in the weights (after stripping `module.`)")]
+    DuplicateTensor { name: String },
+    #[error("shape mismatch for {name}: the model has {expected:?}, the weights have {found:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error("{} model tensor(s) missing from the weights: {}", names.len(), short_list(names))]
+    Missing { names: Vec<String> },
+    #[error("{} tensor(s) in the weights match nothing in the model: {}", names.len(), short_list(names))]
+    Unexpected { names: Vec<String> },
+    #[error("copying {name} into the model failed: {source}")]
+    Copy {
+        name: String,
+        #[source]
+        source: TchError,
+    },
+}
+
+/// How a file was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    /// `torch.save`, zip format (PyTorch >= 1.6).
+    TorchZip,
+    /// `torch.save`, legacy format.
+    TorchLegacy,
+    /// libtorch's archive format (`.ot`).
+    Libtorch,
+}
+
+/// Tensors read from a weights file.
+#[derive(Debug)]
+pub struct TensorFile {
+    /// Names (wrapper and `module.` stripped) and CPU tensors, in file order.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The safetensors `__metadata__`; empty for other formats.
+    pub metadata: HashMap<String, String>,
+    pub format: Format,
+}
+
+/// Reads every tensor of a weights file, choosing the format by extension.
+pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> {
+    let path = path.as_ref();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let io = |source| WeightsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let malformed = |reason: String| WeightsError::Malformed {
+        path: path.to_owned(),
+        reason,
+    };
+    let (tensors, metadata, format) = match ext.as_deref() {
+        Some("safetensors") => {
+            let bytes = std::fs::read(path).map_err(io)?;
+            let (tensors, metadata) =
+                tensor_io::deserialize(&bytes).map_err(|e| malformed(e.to_string()))?;
+            (tensors, metadata, Format::Safetensors)
+        }
+        Some("pth" | "pt" | "bin" | "tar") => {
+            let file = std::fs::File::open(path).map_err(io)?;
+            let (format, tensors) =
+                torch_file::read(std::io::BufReader::new(file)).map_err(|e| match e {
+                    torch_file::ReadError::Malformed(reason) => malformed(reason),
+                    torch_file::ReadError::Forbidden(global) => WeightsError::ForbiddenGlobal {
+                        path: path.to_owned(),
+                        global,
+                    },
+                })?;
+            let format = match format {
+                torch_file::TorchFormat::Zip => Format::TorchZip,
+                torch_file::TorchFormat::Legacy => Format::TorchLegacy,
+            };
+            (tensors, HashMap::new(), format)
+        }
+        Some("ot") => {
+            // libtorch reports a missing file obscurely: check first.
+            std::fs::metadata(path).map_err(io)?;
+            let tensors = Tensor::load_multi(path).map_err(|source| WeightsError::Torch {
+                path: path.to_owned(),
+                source,
+            })?;
+            (tensors, HashMap::new(), Format::Libtorch)
+        }
+        _ => {
+            return Err(WeightsError::UnknownFormat {
+                path: path.to_owned(),
+            })
+        }
+    };
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| (strip_module(k), t))
+        .collect();
+    Ok(TensorFile {
+        tensors,
+        metadata,
+        format,
+    })
+}
+
+/// `module.conv1.weight` (saved from `nn.DataParallel`) -> `conv1.weight`.
+fn strip_module(name: String) -> String {
+    match name.strip_prefix("module.") {
+        Some(rest) => rest.to_owned(),
+        None => name,
+    }
+}
+
+/// What [`load_into`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Model variables copied from the weights, sorted.
+    pub loaded: Vec<String>,
+    /// Classifier variables left freshly initialised because the head's shape differs.
+    pub head_reinitialised: Vec<String>,
+    /// Model variables absent from the weights (lenient load only).
+    pub missing: Vec<String>,
+    /// Weights matching no model variable (lenient load only).
+    pub unexpected: Vec<String>,
+    /// Variables whose shape differs: name, the model's shape, the file's shape (lenient
+    /// load only).
+    pub mismatched: Vec<(String, Vec<i64>, Vec<i64>)>,
+}
+
+impl LoadReport {
+    /// One line for the CLI, e.g. `loaded 120 tensors; re-initialised head: fc.bias, fc.weight`.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("loaded {} tensors", self.loaded.len())];
+        if !self.head_reinitialised.is_empty() {
+            parts.push(format!(
+                "re-initialised head: {}",
+                short_list(&self.head_reinitialised)
+            ));
+        }
+        if !self.missing.is_empty() {
+            parts.push(format!(
+                "{} missing: {}",
+                self.missing.len(),
+                short_list(&self.missing)
+            ));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!(
+                "{} unexpected: {}",
+                self.unexpected.len(),
+                short_list(&self.unexpected)
+            ));
+        }
+        if !self.mismatched.is_empty() {
+            let names: Vec<String> = self
+                .mismatched
+                .iter()
+                .map(|(n, m, f)| format!("{n} (model {m:?}, file {f:?})"))
+                .collect();
+            parts.push(format!(
+                "{} mis-shaped: {}",
+                names.len(),
+                short_list(&names)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// `a, b, c` or `a, b, c, ... (+7 more)`.
+fn short_list(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(", ... (+{} more)", names.len() - SHOWN));
+    }
+    s
+}
+
+/// BatchNorm's batch counter: copied when both sides have it, never required.
+fn is_batch_counter(name: &str) -> bool {
+    name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
+}
+
+/// Copies `tensors` into the variables of `vs` with the same names.
+///
+/// Every shape is checked before anything is copied. Values are converted to each
+/// variable's dtype and device (a bf16 file loads into an f32 model as f32). When a
+/// variable under `classifier_prefix` (e.g. `fc`; empty for none) has another shape in the
+/// file, the whole head is skipped and listed in `head_reinitialised`. Any other missing,
+/// unexpected or mis-shaped tensor is an error when `strict`, and listed in the report
+/// otherwise. `num_batches_tracked` is optional on both sides.
+pub fn load_into(
+    vs: &VarStore,
+    tensors: &[(String, Tensor)],
+    classifier_prefix: &str,
+    strict: bool,
+) -> Result<LoadReport, WeightsError> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut file: BTreeMap<&str, &Tensor> = BTreeMap::new();
+    for (name, t) in tensors {
+        if file.insert(name.as_str(), t).is_some() {
+            return Err(WeightsError::DuplicateTensor { name: name.clone() });
+        }
+    }
+    let head_prefix = format!("{classifier_prefix}.");
+    let is_head = |n: &str| {
+        !classifier_prefix.is_empty() && (n == classifier_prefix || n.starts_with(&head_prefix))
+    };
+    let head_differs = vars
+        .iter()
+        .any(|(n, v)| is_head(n) && file.get(n.as_str()).is_some_and(|t| t.size() != v.size()));
+
+    let mut report = LoadReport::default();
+    let mut copies: Vec<(&str, &Tensor, &Tensor)> = Vec::new();
+    for (name, var) in &vars {
+        if head_differs && is_head(name) {
+            report.head_reinitialised.push(name.clone());
+            continue;
+        }
+        match file.get(name.as_str()) {
+            None if is_batch_counter(name) => {}
+            None => report.missing.push(name.clone()),
+            Some(t) if t.size() == var.size() => copies.push((name, var, t)),
+            // An old counter of another shape is not worth failing over.
+            Some(_) if is_batch_counter(name) => {}
+            Some(t) => report.mismatched.push((name.clone(), var.size(), t.size())),
+        }
+    }
+    report.unexpected = file
+        .keys()
+        .filter(|n| {
+            !(vars.contains_key(**n) || is_batch_counter(n) || (head_differs && is_head(n)))
+        })
+        .map(|n| n.to_string())
+        .collect();
+
+    if strict {
+        if let Some((name, expected, found)) = report.mismatched.first() {
+            return Err(WeightsError::ShapeMismatch {
+                name: name.clone(),
+                expected: expected.clone(),
+                found: found.clone(),
+            });
+        }
+        if !report.missing.is_empty() {
+            return Err(WeightsError::Missing {
+                names: report.missing,
+            });
+        }
+        if !report.unexpected.is_empty() {
+            return Err(WeightsError::Unexpected {
+                names: report.unexpected,
+            });
+        }
+    }
+
+    tch::no_grad(|| -> Result<(), WeightsError> {
+        for (name, var, src) in &copies {
+            let copy_err = |source| WeightsError::Copy {
+                name: name.to_string(),
+                source,
+            };
+            let src = src
+                .f_to_kind(var.kind())
+                .and_then(|s| s.f_to_device(var.device()))
+                .map_err(copy_err)?;
+            var.shallow_clone().f_copy_(&src).map_err(copy_err)?;
+        }
+        Ok(())
+    })?;
+    report.loaded = copies.iter().map(|(n, _, _)| n.to_string()).collect();
+    Ok(report)
+}
+
+/// Reads a weights file ([`read_tensors`]) and loads it into `vs` ([`load_into`]).
+pub fn load_pretrained(
+    vs: &VarStore,
+    path: impl AsRef<Path>,
+    classifier_prefix: &str,
+    strict: bool,
+) -> Result<LoadReport, WeightsError> {
+    let file = read_tensors(path)?;
+    load_into(vs, &file.tensors, classifier_prefix, strict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::Init;
+    use tch::{Device, Kind};
+
+    /// A body (`a.weight` [2, 3], a BN counter) and a head `fc` with `classes` outputs.
+    fn model(classes: i64) -> VarStore {
+        let vs = VarStore::new(Device::Cpu);
+        let p = vs.root();
+        let _ = p.sub("a").var("weight", &[2, 3], Init::Const(0.0));
+        let _ = p.sub("bn").add(
+            "num_batches_tracked",
+            Tensor::zeros([], (Kind::Int64, Device::Cpu)),
+            false,
+        );
+        let _ = p.sub("fc").var("weight", &[classes, 3], Init::Const(0.0));
+        let _ = p.sub("fc").var("bias", &[classes], Init::Const(0.0));
+        vs
+    }
+
+    fn weights(classes: i64) -> Vec<(String, Tensor)> {
+        vec![
+            (
+                "a.weight".into(),
+                Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]),
+            ),
+            (
+                "fc.weight".into(),
+                Tensor::ones([classes, 3], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "fc.bias".into(),
+                Tensor::ones([classes], (Kind::Float, Device::Cpu)),
+            ),
+        ]
+    }
+
+    fn var(vs: &VarStore, name: &str) -> Tensor {
+        vs.variables()[name].shallow_clone()
+    }
+
+    #[test]
+    fn loads_matching_weights_and_tolerates_missing_counter() {
+        let vs = model(4);
+        let r = load_into(&vs, &weights(4), "fc", true).unwrap();
+        assert_eq!(r.loaded, ["a.weight", "fc.bias", "fc.weight"]);
+        assert!(r.missing.is_empty() && r.unexpected.is_empty() && r.head_reinitialised.is_empty());
+        assert!(var(&vs, "a.weight").equal(&weights(4)[0].1));
+        assert!(var(&vs, "fc.bias").equal(&Tensor::ones([4], (Kind::Float, Device::Cpu))));
+        assert!(
+            var(&vs, "a.weight").requires_grad(),
+            "copy must not detach the variable"
+        );
+        assert_eq!(r.summary(), "loaded 3 tensors");
+    }
+
+    #[test]
+    fn counter_is_copied_when_present_and_ignored_when_foreign() {
+        let vs = model(4);
+        let mut w = weights(4);
+        w.push(("bn.num_batches_tracked".into(), Tensor::from(17i64)));
+        w.push(("other.num_batches_tracked".into(), Tensor::from(3i64)));
+        let r = load_into(&vs, &w, "fc", true).unwrap();
+        assert!(r.loaded.contains(&"bn.num_batches_tracked".to_string()));
+        assert_eq!(var(&vs, "bn.num_batches_tracked").int64_value(&[]), 17);
+    }
+
+    #[test]
+    fn other_head_shape_is_reinitialised() {
+        let vs = model(10);
+        let r = load_into(&vs, &weights(4), "fc", true).unwrap();
+        assert_eq!(r.head_reinitialised, ["fc.bias", "fc.weight"]);
+        assert_eq!(r.loaded, ["a.weight"]);
+        assert!(r.unexpected.is_empty());
+        assert_eq!(
+            var(&vs, "fc.bias").abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+        assert!(
+            r.summary()
+                .contains("re-initialised head: fc.bias, fc.weight"),
+            "{}",
+            r.summary()
+        );
+    }
+
+    #[test]
+    fn strict_errors_name_tensor_and_shapes_and_copy_nothing() {
+        let vs = model(4);
+        let mut w = weights(4);
+        w[0].1 = Tensor::ones([3, 2], (Kind::Float, Device::Cpu));
+        let e = load_into(&vs, &w, "fc", true).unwrap_err();
+        assert!(
+            matches!(&e, WeightsError::ShapeMismatch { name, expected, found }
+            if name == "a.weight" && expected == &[2, 3] && found == &[3, 2])
+        );
+        assert_eq!(
+            e.to_string(),
+            "shape mismatch for a.weight: the model has [2, 3], the weights have [3, 2]"
+        );
+        assert_eq!(
+            var(&vs, "fc.bias").abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+
+        let e = load_into(&vs, &weights(4)[1..], "fc", true).unwrap_err();
+        assert!(
+            matches!(&e, WeightsError::Missing { names } if names == &["a.weight"]),
+            "{e}"
+        );
+        let mut w = weights(4);
+        w.push(("extra".into(), Tensor::from(1.0)));
+        let e = load_into(&vs, &w, "fc", true).unwrap_err();
+        assert!(
+            matches!(&e, WeightsError::Unexpected { names } if names == &["extra"]),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn lenient_load_lists_what_it_skipped() {
+        let vs = model(4);
+        let mut w = weights(4);
+        w[0].1 = Tensor::ones([6], (Kind::Float, Device::Cpu));
+        w.push(("extra".into(), Tensor::from(1.0)));
+        let _ = w.remove(2); // fc.bias
+        let r = load_into(&vs, &w, "fc", false).unwrap();
+        assert_eq!(r.loaded, ["fc.weight"]);
+        assert_eq!(r.missing, ["fc.bias"]);
+        assert_eq!(r.unexpected, ["extra"]);
+        assert_eq!(
+            r.mismatched,
+            [("a.weight".to_string(), vec![2, 3], vec![6])]
+        );
+        assert_eq!(
+            r.summary(),
+            "loaded 1 tensors; 1 missing: fc.bias; 1 unexpected: extra; 1 mis-shaped: a.weight (model [2, 3], file [6])"
+        );
+    }
+
+    #[test]
+    fn converts_to_the_variable_dtype_and_rejects_duplicates() {
+        let vs = model(4);
+        let mut w = weights(4);
+        w[0].1 = w[0].1.to_kind(Kind::BFloat16);
+        load_into(&vs, &w, "fc", true).unwrap();
+        assert_eq!(var(&vs, "a.weight").kind(), Kind::Float);
+        assert!(var(&vs, "a.weight").equal(&weights(4)[0].1));
+        let dup = (w[0].0.clone(), w[0].1.shallow_clone());
+        w.push(dup);
+        let e = load_into(&vs, &w, "fc", true).unwrap_err();
+        assert!(
+            matches!(&e, WeightsError::DuplicateTensor { name } if name == "a.weight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_extension_and_missing_file() {
+        let e = read_tensors("weights.h5").unwrap_err();
+        assert!(matches!(e, WeightsError::UnknownFormat { .. }));
+        let e = read_tensors("/nonexistent/w.pth").unwrap_err();
+        assert!(matches!(e, WeightsError::Io { .. }));
+        assert!(e.to_string().contains("/nonexistent/w.pth"), "{e}");
+        let e = read_tensors("/nonexistent/w.ot").unwrap_err();
+        assert!(matches!(e, WeightsError::Io { .. }));
+    }
+
+    #[test]
+    fn strips_data_parallel_prefix() {
+        assert_eq!(strip_module("module.fc.weight".into()), "fc.weight");
+        assert_eq!(strip_module("fc.weight".into()), "fc.weight");
+    }
+}
