@@ -5,6 +5,7 @@
 #
 # The torch version is written here and nowhere else: tch 0.24 binds libtorch 2.11.0.
 set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0

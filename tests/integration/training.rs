@@ -97,32 +97,74 @@ fn checkpoint_weights_round_trip_bit_exactly() {
         .any(|(n, _)| n.ends_with(".momentum_buffer")));
 }
 
+/// Runs the binary (a process of its own: libtorch's RNG is process-wide, and other tests
+/// in this binary draw from it concurrently).
+fn hondo_train(cfg: &Path, args: &[&str]) {
+    let out = super::common::hondo()
+        .arg("train")
+        .arg(cfg)
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn resume_continues_and_matches_an_uninterrupted_run() {
     let d = tempfile::tempdir().unwrap();
+    let cfg = super::common::write(d.path(), "tiny.toml", TINY);
     let constant = [
+        "--set",
         "schedule.name=constant",
+        "--set",
         "schedule.warmup_epochs=0",
+        "--set",
         "model.dropout=0.2",
     ];
     let straight = d.path().join("straight");
-    train_into(
-        &straight,
-        config(&[&constant[..], &["train.epochs=4"]].concat()),
-        false,
-    );
     let split = d.path().join("split");
-    train_into(
-        &split,
-        config(&[&constant[..], &["train.epochs=2"]].concat()),
-        false,
+    hondo_train(
+        &cfg,
+        &[
+            &constant[..],
+            &[
+                "--set",
+                "train.epochs=4",
+                "--out",
+                straight.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
     );
-    let s = train_into(
-        &split,
-        config(&[&constant[..], &["train.epochs=4"]].concat()),
-        true,
+    hondo_train(
+        &cfg,
+        &[
+            &constant[..],
+            &["--set", "train.epochs=2", "--out", split.to_str().unwrap()],
+        ]
+        .concat(),
     );
-    assert_eq!(s.epochs_done, 4);
+    let out = super::common::hondo()
+        .args([
+            "train",
+            "-q",
+            "--resume",
+            split.to_str().unwrap(),
+            "--set",
+            "train.epochs=4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = metrics::read(&split.join("metrics.jsonl")).unwrap();
     assert_eq!(m.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let a = checkpoint::read(&straight.join(checkpoint::LAST)).unwrap();
