@@ -169,8 +169,11 @@ fn loader(ds: Arc<dyn Dataset>, workers: usize, fail: bool) -> Loader {
     Loader::new(ds, opts).unwrap()
 }
 
-/// Every batch of one epoch as (pixels, labels), and every skipped sample's message.
-fn run_epoch(l: &Loader, epoch: usize) -> (Vec<(Vec<u8>, Vec<i64>)>, Vec<String>) {
+/// One epoch's batches as (pixels, labels).
+type Epoch = Vec<(Vec<u8>, Vec<i64>)>;
+
+/// Every batch of one epoch, and every skipped sample's message.
+fn run_epoch(l: &Loader, epoch: usize) -> (Epoch, Vec<String>) {
     let (mut batches, mut skipped) = (Vec::new(), Vec::new());
     for b in l.epoch(epoch, 0) {
         let b = b.unwrap();
@@ -179,6 +182,13 @@ fn run_epoch(l: &Loader, epoch: usize) -> (Vec<(Vec<u8>, Vec<i64>)>, Vec<String>
         batches.push((pixels, Vec::<i64>::try_from(&b.labels).unwrap()));
     }
     (batches, skipped)
+}
+
+/// All labels of an epoch, sorted (batches are shuffled).
+fn sorted_labels(batches: &Epoch) -> Vec<i64> {
+    let mut y: Vec<i64> = batches.iter().flat_map(|b| b.1.clone()).collect();
+    y.sort();
+    y
 }
 
 #[test]
@@ -209,19 +219,7 @@ fn image_folder_reads_every_format_and_skips_bad_files_by_name() {
         .iter()
         .all(|(px, y)| px.len() == y.len() * 24 * 24 * 3));
     let (val, skipped) = run_epoch(&loader(splits.val.clone(), 1, true), 0);
-    assert_eq!((val.concat_labels(), skipped.len()), (vec![0, 2], 0));
-}
-
-trait Labels {
-    fn concat_labels(&self) -> Vec<i64>;
-}
-
-impl Labels for Vec<(Vec<u8>, Vec<i64>)> {
-    fn concat_labels(&self) -> Vec<i64> {
-        let mut y: Vec<i64> = self.iter().flat_map(|b| b.1.clone()).collect();
-        y.sort();
-        y
-    }
+    assert_eq!((sorted_labels(&val), skipped.len()), (vec![0, 2], 0));
 }
 
 #[test]
@@ -368,7 +366,7 @@ fn one_root_is_split_by_val_fraction_per_class() {
     let splits = data::build(&cfg).unwrap();
     assert_eq!((splits.train.len(), splits.val.len()), (12, 3));
     let (val, _) = run_epoch(&loader(splits.val, 1, true), 0);
-    assert_eq!(val.concat_labels(), [0, 0, 1]);
+    assert_eq!(sorted_labels(&val), [0, 0, 1]);
 }
 
 /// MNIST's four IDX files with `n` train and `n` test digits of 28x28.
@@ -404,7 +402,7 @@ fn mnist_idx_files_load_as_rgb_digits() {
     let (batches, skipped) = run_epoch(&loader(splits.val, 2, true), 0);
     assert!(skipped.is_empty());
     assert_eq!(
-        batches.concat_labels(),
+        sorted_labels(&batches),
         [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     );
     // Grey in, grey RGB out.
@@ -458,7 +456,7 @@ fn cifar10_batches_load_with_their_class_names() {
     assert_eq!((splits.train.len(), splits.val.len()), (15, 3));
     assert_eq!(splits.train.classes(), names);
     let (batches, _) = run_epoch(&loader(splits.val, 1, true), 0);
-    assert_eq!(batches.concat_labels(), [5, 6, 7]);
+    assert_eq!(sorted_labels(&batches), [5, 6, 7]);
     // The planes are interleaved: every pixel of the first (unflipped eval) image is (200, 100, b).
     assert!(batches[0].0[..32 * 32 * 3]
         .chunks_exact(3)
