@@ -5,10 +5,16 @@
 //! threads and hands `u8` batches to the trainer, which moves them to the device and
 //! normalises them there.
 
+pub mod cifar10;
+pub mod decode;
+pub mod image_folder;
+pub mod in_memory;
 pub mod loader;
+pub mod mnist;
 pub mod normalize;
 pub mod seed;
 pub mod shapes;
+pub mod transforms;
 
 use crate::config::{DataConfig, DataKind};
 use rand_chacha::ChaCha8Rng;
@@ -58,6 +64,8 @@ pub fn build(cfg: &DataConfig) -> anyhow::Result<Splits> {
             train: Arc::new(shapes::Shapes::new(cfg, shapes::Split::Train)),
             val: Arc::new(shapes::Shapes::new(cfg, shapes::Split::Val)),
         }),
-        other => anyhow::bail!("data.kind = {other:?} is not available in this build"),
+        DataKind::ImageFolder => image_folder::splits(cfg),
+        DataKind::Mnist => mnist::splits(cfg),
+        DataKind::Cifar10 => cifar10::splits(cfg),
     }
 }

@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod config_errors;
+mod data;
 mod linkage;
 mod training;
 mod weights;

@@ -1,0 +1,411 @@
+//! `data.kind = "image_folder"`: one directory per class, as torchvision's `ImageFolder`.
+//!
+//! Either `root/train/<class>/...` and `root/val/<class>/...`, or `root/<class>/...` split by
+//! `data.val_fraction` (per class, seeded by `data.seed`). Classes are the sorted
+//! sub-directory names; files are found recursively (following links) and ordered as
+//! torchvision orders them: by directory path, then by file name. Only paths are held in
+//! memory; images are read when a worker asks for them.
+
+use super::decode::decode_file;
+use super::transforms::{RgbRef, Transform};
+use super::{seed, Dataset, Sample, SampleError, Splits};
+use crate::config::DataConfig;
+use anyhow::{bail, Context};
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// File extensions read, compared case-insensitively.
+pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
+
+/// Deepest directory nesting followed inside a class directory (guards against link loops).
+const MAX_DEPTH: usize = 32;
+
+/// Image files and their labels, before any transform is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// `(file, label)` in torchvision's order.
+    pub samples: Vec<(PathBuf, i64)>,
+}
+
+/// One split of an image folder: file paths, labels and the transform applied on read.
+pub struct ImageFolder {
+    classes: Vec<String>,
+    samples: Vec<(PathBuf, i64)>,
+    transform: Transform,
+    max_side: u32,
+}
+
+impl ImageFolder {
+    pub fn new(listing: Listing, transform: Transform, max_side: u32) -> ImageFolder {
+        ImageFolder {
+            classes: listing.classes,
+            samples: listing.samples,
+            transform,
+            max_side,
+        }
+    }
+
+    /// The files of this split with their labels.
+    pub fn samples(&self) -> &[(PathBuf, i64)] {
+        &self.samples
+    }
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn image_size(&self) -> u32 {
+        self.transform.size()
+    }
+
+    fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
+        let (path, label) = &self.samples[index];
+        let image = decode_file(path, self.max_side).map_err(|reason| SampleError {
+            item: path.display().to_string(),
+            reason,
+        })?;
+        let (width, height) = image.dimensions();
+        let image = self.transform.apply(
+            RgbRef {
+                width,
+                height,
+                pixels: image.as_raw(),
+            },
+            rng,
+        );
+        Ok(Sample {
+            image,
+            label: *label,
+        })
+    }
+}
+
+/// The train and val splits of `cfg.root`; every layout problem is reported here, before
+/// training starts, naming the directory.
+pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
+    let (train, val) = listings(Path::new(&cfg.root), cfg.val_fraction, cfg.seed)?;
+    Ok(Splits {
+        train: Arc::new(ImageFolder::new(
+            train,
+            Transform::train(cfg),
+            cfg.max_image_side,
+        )),
+        val: Arc::new(ImageFolder::new(
+            val,
+            Transform::eval(cfg),
+            cfg.max_image_side,
+        )),
+    })
+}
+
+/// The train and val listings of `root` (see the module doc for the two layouts).
+pub fn listings(root: &Path, val_fraction: f64, seed: u64) -> anyhow::Result<(Listing, Listing)> {
+    if !root.is_dir() {
+        bail!("data.root {} is not a directory", root.display());
+    }
+    let (train_dir, val_dir) = (root.join("train"), root.join("val"));
+    if train_dir.is_dir() {
+        let train = scan(&train_dir, None)?;
+        if val_dir.is_dir() {
+            if val_fraction > 0.0 {
+                bail!(
+                    "{} exists and data.val_fraction = {val_fraction}: use one or the other",
+                    val_dir.display()
+                );
+            }
+            let val = scan(&val_dir, Some(&train.classes))?;
+            Ok((train, val))
+        } else if val_fraction > 0.0 {
+            Ok(split(train, val_fraction, seed))
+        } else {
+            bail!(
+                "{} has no val/ directory: add one or set data.val_fraction",
+                root.display()
+            )
+        }
+    } else if val_fraction > 0.0 {
+        Ok(split(scan(root, None)?, val_fraction, seed))
+    } else {
+        bail!(
+            "{} has no train/ directory: use root/train/<class>/ and root/val/<class>/, \
+             or root/<class>/ with data.val_fraction > 0",
+            root.display()
+        )
+    }
+}
+
+/// Lists the class directories of `dir` and their images. With `classes`, the directory's
+/// classes must be among them and take their labels (a validation set may lack a class).
+pub fn scan(dir: &Path, classes: Option<&[String]>) -> anyhow::Result<Listing> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        // `is_dir` on the path follows links, as torchvision's `entry.is_dir()` does.
+        if entry.path().is_dir() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                bail!(
+                    "class directory name is not valid UTF-8: {}",
+                    entry.path().display()
+                );
+            };
+            found.push(name);
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        bail!("no class directories in {}", dir.display());
+    }
+    let classes: Vec<String> = classes.map_or_else(|| found.clone(), <[String]>::to_vec);
+    let mut samples = Vec::new();
+    for name in &found {
+        let Some(label) = classes.iter().position(|c| c == name) else {
+            bail!(
+                "class directory {} is not a training class (training classes: {classes:?})",
+                dir.join(name).display()
+            );
+        };
+        let class_dir = dir.join(name);
+        let files = image_files(&class_dir)?;
+        if files.is_empty() {
+            bail!(
+                "class directory {} has no images ({})",
+                class_dir.display(),
+                EXTENSIONS.map(|e| format!(".{e}")).join(" ")
+            );
+        }
+        samples.extend(files.into_iter().map(|f| (f, label as i64)));
+    }
+    Ok(Listing { classes, samples })
+}
+
+/// Whether `path` has one of [`EXTENSIONS`], in any case.
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// The image files under `dir`, recursively, in torchvision's order (`sorted(os.walk(dir))`,
+/// then sorted file names): directories compare as strings, so `a/b/c` follows `a/b-2`.
+fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let mut files = Vec::new();
+        for entry in
+            std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("cannot list {}", d.display()))?
+                .path();
+            if path.is_dir() {
+                if depth < MAX_DEPTH {
+                    stack.push((path, depth + 1));
+                }
+            } else if has_image_extension(&path) {
+                files.push(path);
+            }
+        }
+        files.sort_by(|a, b| {
+            a.as_os_str()
+                .as_encoded_bytes()
+                .cmp(b.as_os_str().as_encoded_bytes())
+        });
+        dirs.push((d, files));
+    }
+    dirs.sort_by(|a, b| {
+        a.0.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.0.as_os_str().as_encoded_bytes())
+    });
+    Ok(dirs.into_iter().flat_map(|(_, files)| files).collect())
+}
+
+/// Holds out `round(n * fraction)` files of each class (at least one, and never the last
+/// one), chosen by a stream seeded with (`seed`, class); both parts keep the listing order.
+pub fn split(listing: Listing, fraction: f64, seed: u64) -> (Listing, Listing) {
+    let mut held_out = vec![false; listing.samples.len()];
+    for label in 0..listing.classes.len() as i64 {
+        let mut members: Vec<usize> = (0..listing.samples.len())
+            .filter(|&i| listing.samples[i].1 == label)
+            .collect();
+        let n = members.len();
+        let take = ((n as f64 * fraction).round() as usize)
+            .max(1)
+            .min(n.saturating_sub(1));
+        members.shuffle(&mut seed::rng(&[seed, 0x5b17_5eed, label as u64]));
+        for &i in &members[..take] {
+            held_out[i] = true;
+        }
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (sample, out) in listing.samples.into_iter().zip(held_out) {
+        if out {
+            val.push(sample)
+        } else {
+            train.push(sample)
+        }
+    }
+    (
+        Listing {
+            classes: listing.classes.clone(),
+            samples: train,
+        },
+        Listing {
+            classes: listing.classes,
+            samples: val,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn touch(root: &Path, rel: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, b"x").unwrap();
+    }
+
+    fn names(l: &Listing, root: &Path) -> Vec<(String, i64)> {
+        l.samples
+            .iter()
+            .map(|(p, y)| (p.strip_prefix(root).unwrap().display().to_string(), *y))
+            .collect()
+    }
+
+    #[test]
+    fn classes_and_files_sort_as_torchvision() {
+        let t = tempfile::tempdir().unwrap();
+        for f in [
+            "b/2.PNG",
+            "b/10.jpg",
+            "a/x.jpeg",
+            "a/sub/y.bmp",
+            "a/sub-2/z.webp",
+            "a/sub/deep/w.jpg",
+            "a/notes.txt",
+            "B/q.jpg",
+        ] {
+            touch(t.path(), f);
+        }
+        let l = scan(t.path(), None).unwrap();
+        assert_eq!(l.classes, ["B", "a", "b"]);
+        // The order torchvision's `make_dataset` gives for this tree.
+        let expect = [
+            ("B/q.jpg", 0),
+            ("a/x.jpeg", 1),
+            ("a/sub/y.bmp", 1),
+            ("a/sub-2/z.webp", 1),
+            ("a/sub/deep/w.jpg", 1),
+            ("b/10.jpg", 2),
+            ("b/2.PNG", 2),
+        ];
+        assert_eq!(names(&l, t.path()), expect.map(|(p, y)| (p.to_string(), y)));
+    }
+
+    #[test]
+    fn empty_class_and_empty_root_are_errors_naming_the_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let err = scan(t.path(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("no class directories") && err.contains(&t.path().display().to_string()),
+            "{err}"
+        );
+        touch(t.path(), "cat/1.jpg");
+        touch(t.path(), "dog/readme.txt");
+        let err = scan(t.path(), None).unwrap_err().to_string();
+        assert!(
+            err.contains(&t.path().join("dog").display().to_string()) && err.contains("no images"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn val_classes_take_training_labels() {
+        let t = tempfile::tempdir().unwrap();
+        for f in [
+            "train/a/1.jpg",
+            "train/b/1.jpg",
+            "train/c/1.jpg",
+            "val/c/1.jpg",
+            "val/a/2.jpg",
+        ] {
+            touch(t.path(), f);
+        }
+        let (train, val) = listings(t.path(), 0.0, 0).unwrap();
+        assert_eq!(train.classes, ["a", "b", "c"]);
+        assert_eq!(val.classes, train.classes);
+        assert_eq!(
+            names(&val, &t.path().join("val")),
+            [("a/2.jpg".to_string(), 0), ("c/1.jpg".to_string(), 2)]
+        );
+        touch(t.path(), "val/zebra/1.jpg");
+        let err = listings(t.path(), 0.0, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("zebra") && err.contains("not a training class"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn layouts_without_a_validation_set_say_what_to_do() {
+        let t = tempfile::tempdir().unwrap();
+        touch(t.path(), "a/1.jpg");
+        assert!(listings(t.path(), 0.0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("val_fraction"));
+        touch(t.path(), "train/a/1.jpg");
+        assert!(listings(t.path(), 0.0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("no val/"));
+        assert!(listings(&t.path().join("missing"), 0.2, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+    }
+
+    #[test]
+    fn split_is_stratified_seeded_and_disjoint() {
+        let classes = vec!["a".to_string(), "b".to_string()];
+        let samples = (0..30)
+            .map(|i| (PathBuf::from(format!("{i:02}")), if i < 20 { 0 } else { 1 }))
+            .collect();
+        let listing = Listing { classes, samples };
+        let (train, val) = split(listing.clone(), 0.2, 9);
+        assert_eq!(val.samples.iter().filter(|s| s.1 == 0).count(), 4);
+        assert_eq!(val.samples.iter().filter(|s| s.1 == 1).count(), 2);
+        assert_eq!(train.samples.len() + val.samples.len(), 30);
+        assert!(train.samples.iter().all(|s| !val.samples.contains(s)));
+        assert!(
+            train.samples.windows(2).all(|w| w[0].0 < w[1].0),
+            "order kept"
+        );
+        assert_eq!(split(listing.clone(), 0.2, 9), (train, val.clone()));
+        assert_ne!(split(listing, 0.2, 10).1, val);
+    }
+
+    #[test]
+    fn a_one_file_class_stays_in_training() {
+        let listing = Listing {
+            classes: vec!["a".into()],
+            samples: vec![(PathBuf::from("x"), 0)],
+        };
+        let (train, val) = split(listing, 0.5, 0);
+        assert_eq!((train.samples.len(), val.samples.len()), (1, 0));
+    }
+}
