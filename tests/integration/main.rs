@@ -5,5 +5,6 @@ mod common;
 mod cli;
 mod config_errors;
 mod linkage;
+mod resnet;
 mod training;
 mod weights;
