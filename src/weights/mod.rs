@@ -10,7 +10,9 @@
 //! - `.ot`: libtorch's archive format (`VarStore::save`).
 //!
 //! Checkpoints wrapped as `{"state_dict": ...}` or `{"model": ...}` are unwrapped and a
-//! leading `module.` (DataParallel) is stripped from every name.
+//! leading `module.` (DataParallel) is stripped from every name. Tensors under
+//! `optimizer/` (the optimizer state in hondo's own checkpoints) are skipped, so a hondo
+//! checkpoint loads as pretrained weights.
 //!
 //! [`load_into`] follows timm's `load_pretrained`: a classifier head whose shape differs
 //! (another class count) is dropped and stays freshly initialised; any other missing,
@@ -148,6 +150,7 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> 
     };
     let tensors = tensors
         .into_iter()
+        .filter(|(k, _)| !is_optimizer_state(k))
         .map(|(k, t)| (strip_module(k), t))
         .collect();
     Ok(TensorFile {
@@ -155,6 +158,11 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> 
         metadata,
         format,
     })
+}
+
+/// Optimizer state in a hondo checkpoint (`optimizer/<param>.<field>`): not model weights.
+fn is_optimizer_state(name: &str) -> bool {
+    name.starts_with("optimizer/")
 }
 
 /// `module.conv1.weight` (saved from `nn.DataParallel`) -> `conv1.weight`.
@@ -510,6 +518,26 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/w.pth"), "{e}");
         let e = read_tensors("/nonexistent/w.ot").unwrap_err();
         assert!(matches!(e, WeightsError::Io { .. }));
+    }
+
+    #[test]
+    fn hondo_checkpoints_load_without_their_optimizer_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.safetensors");
+        let mut w = weights(4);
+        w.push((
+            "optimizer/a.weight.momentum_buffer".into(),
+            Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
+        ));
+        w.push(("optimizer/a.weight.step".into(), Tensor::from(3i64)));
+        let bytes = tensor_io::serialize(&w, HashMap::new()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let file = read_tensors(&path).unwrap();
+        let names: Vec<&str> = file.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.weight", "fc.bias", "fc.weight"]);
+        let vs = model(4);
+        let r = load_pretrained(&vs, &path, "fc", true).unwrap();
+        assert_eq!(r.loaded.len(), 3);
     }
 
     #[test]

@@ -6,5 +6,6 @@ mod cli;
 mod config_errors;
 mod data;
 mod linkage;
+mod resnet;
 mod training;
 mod weights;

@@ -1,0 +1,126 @@
+//! Times training steps of a hondo ResNet on random data and reports peak memory: the
+//! hondo half of `scripts/bench_resnet152_memory.sh` (the PyTorch half is
+//! `scripts/bench/train_step.py`).
+//!
+//! `cargo run --release --example train_step -- [--arch resnet152] [--batch 8] [--size 224]
+//! [--steps 3] [--warmup 1] [--threads 2]`
+//!
+//! Each step is hondo's own: `Optimizer::zero_grad`, a train-mode forward, cross-entropy,
+//! backward and `Optimizer::step` (SGD, momentum 0.9, weight decay 1e-4 on every
+//! parameter, as `torch.optim.SGD` with one group). Prints one JSON line with the seconds
+//! of each timed step and the peak resident set size (`VmHWM` of /proc/self/status).
+
+use hondo::config::{Arch, ModelConfig, OptimizerConfig, OptimizerKind};
+use hondo::models::Model;
+use hondo::train::{optimizer::Optimizer, param_groups};
+use std::time::Instant;
+use tch::nn::{ModuleT, VarStore};
+use tch::{Device, Kind, Tensor};
+
+struct Args {
+    arch: Arch,
+    batch: i64,
+    size: i64,
+    steps: usize,
+    warmup: usize,
+    threads: i32,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        arch: Arch::Resnet152,
+        batch: 8,
+        size: 224,
+        steps: 3,
+        warmup: 1,
+        threads: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || {
+            value
+                .parse::<i64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag.as_str() {
+            "--arch" => a.arch = Arch::from_name(&value).ok_or(format!("unknown arch {value}"))?,
+            "--batch" => a.batch = num()?,
+            "--size" => a.size = num()?,
+            "--steps" => a.steps = num()? as usize,
+            "--warmup" => a.warmup = num()? as usize,
+            "--threads" => a.threads = num()? as i32,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+/// A `/proc/self/status` field in KiB: `VmHWM` (peak resident set size) or `VmRSS`.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let a = parse().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    tch::set_num_threads(a.threads);
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let model_cfg = ModelConfig {
+        arch: a.arch,
+        ..Default::default()
+    };
+    let model = Model::new(&vs.root(), &model_cfg, 1000);
+    let opt_cfg = OptimizerConfig {
+        name: OptimizerKind::Sgd,
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 1e-4,
+        no_decay_bias_and_norm: false,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(&opt_cfg, param_groups::build(&vs, &opt_cfg));
+    let x = Tensor::randn([a.batch, 3, a.size, a.size], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(1000, [a.batch], (Kind::Int64, Device::Cpu));
+
+    // Libraries, model, optimizer and data, before the first step.
+    let start_rss = status_kib("VmRSS:");
+    let mut seconds = Vec::new();
+    let mut loss = 0.0;
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        opt.zero_grad();
+        let l = model.forward_t(&x, true).cross_entropy_for_logits(&y);
+        l.backward();
+        opt.step(opt_cfg.lr);
+        loss = l.double_value(&[]);
+        if i >= a.warmup {
+            seconds.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    println!(
+        "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \
+         \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}}}",
+        a.arch.name(),
+        a.batch,
+        a.size,
+        a.threads,
+        seconds.iter().map(|s| (s * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        median,
+        start_rss as f64 / 1024.0,
+        status_kib("VmHWM:") as f64 / 1024.0,
+        loss
+    );
+}
