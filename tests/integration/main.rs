@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod config_errors;
+mod export;
 mod linkage;
 mod training;
 mod weights;
