@@ -134,11 +134,12 @@ pub fn export(
         Format::TorchScript => {
             let restored = checkpoint::restore(checkpoint, Device::Cpu)?;
             let tensors = restored.vs.variables().len();
+            let meta = restored.meta.clone();
             let module = trace(restored, input)?;
             module
                 .save(out)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-            let sidecar = write_sidecar(out, &module_meta(checkpoint)?, Some(input))?;
+            let sidecar = write_sidecar(out, &meta, Some(input))?;
             Ok(Exported {
                 path: out.into(),
                 sidecar: Some(sidecar),
@@ -148,20 +149,22 @@ pub fn export(
     }
 }
 
-fn module_meta(checkpoint: &Path) -> anyhow::Result<Meta> {
-    Ok(checkpoint::read_meta(checkpoint)?)
-}
-
-/// Traces a restored model in eval mode on the CPU. The VarStore is frozen first (tracing
-/// rejects tensors that require grad) and the module must be saved before the VarStore is
-/// unfrozen or dropped-and-reused; here it is consumed, so it never is.
+/// Traces a restored model in eval mode. The VarStore is frozen first (tracing rejects
+/// tensors that require grad) and stays frozen: it is consumed here, and a module saved
+/// after unfreezing would not load (see TCH-NOTES, Export).
 pub fn trace(mut restored: checkpoint::Restored, input: Input) -> anyhow::Result<tch::CModule> {
     restored.vs.freeze();
     let meta = &restored.meta;
     let size = meta.image_size as i64;
-    let mean = Tensor::from_slice(&meta.mean.map(|v| v as f32)).view([1, 3, 1, 1]);
-    let inv_std = Tensor::from_slice(&meta.std.map(|v| (1.0 / v) as f32)).view([1, 3, 1, 1]);
-    let example = Tensor::rand([2, 3, size, size], (Kind::Float, Device::Cpu));
+    let device = restored.vs.device();
+    let constant = |v: [f64; 3]| {
+        Tensor::from_slice(&v.map(|v| v as f32))
+            .view([1, 3, 1, 1])
+            .to_device(device)
+    };
+    let mean = constant(meta.mean);
+    let inv_std = constant(meta.std.map(|v| 1.0 / v));
+    let example = Tensor::rand([2, 3, size, size], (Kind::Float, device));
     let model = &restored.model;
     let module = tch::CModule::create_by_tracing("hondo", "forward", &[example], &mut |xs| {
         let x = match input {

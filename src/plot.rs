@@ -86,10 +86,26 @@ fn draw_curves(buf: &mut [u8], size: (u32, u32), epochs: &[EpochMetrics]) -> Dra
     ];
     let lr = [("learning rate", LR, series(|m| m.lr))];
     let loss_max = max_of(&loss).max(1e-3) * 1.08;
-    panel(&panels[0], "Loss", x_max, 0.0..loss_max, &loss)?;
-    panel(&panels[1], "Accuracy (%)", x_max, 0.0..100.0, &acc)?;
+    // Legends where the curves usually are not: losses fall, accuracies rise.
+    use SeriesLabelPosition::{LowerRight, UpperRight};
+    panel(&panels[0], "Loss", x_max, 0.0..loss_max, &loss, UpperRight)?;
+    panel(
+        &panels[1],
+        "Accuracy (%)",
+        x_max,
+        0.0..100.0,
+        &acc,
+        LowerRight,
+    )?;
     let lr_max = max_of(&lr).max(1e-12) * 1.08;
-    panel(&panels[2], "Learning rate", x_max, 0.0..lr_max, &lr)?;
+    panel(
+        &panels[2],
+        "Learning rate",
+        x_max,
+        0.0..lr_max,
+        &lr,
+        UpperRight,
+    )?;
     root.present()?;
     Ok(())
 }
@@ -107,6 +123,7 @@ fn panel(
     x_max: f64,
     y: std::ops::Range<f64>,
     series: &[Series],
+    legend: SeriesLabelPosition,
 ) -> DrawResult<()> {
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 26).into_font().style(FontStyle::Bold))
@@ -142,7 +159,7 @@ fn panel(
         .label_font((FONT, 18))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .draw()?;
     Ok(())
 }

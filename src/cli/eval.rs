@@ -51,12 +51,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(std::path::Path::new("."))
             .join("confusion-matrix.png")
     });
-    hondo::plot::confusion_matrix(&report, &png)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
     }
+    hondo::plot::confusion_matrix(&report, &png)?;
     eprintln!("confusion matrix: {}", png.display());
     Ok(ExitCode::SUCCESS)
 }
