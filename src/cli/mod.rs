@@ -2,7 +2,11 @@
 //! library call.
 
 mod config;
+mod eval;
+mod export;
 mod info;
+mod plot;
+mod predict;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +31,14 @@ enum Command {
     Config(config::Args),
     /// Versions of hondo, tch and libtorch; CUDA and cuDNN availability; threads.
     Info(info::Args),
+    /// Export a checkpoint's model: safetensors (torchvision names), TorchScript or .ot.
+    Export(export::Args),
+    /// Loss, top-1/top-5, per-class precision and recall, confusion matrix.
+    Eval(eval::Args),
+    /// Top-k classes of image files.
+    Predict(predict::Args),
+    /// Training curves of a run as a PNG.
+    Plot(plot::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -34,5 +46,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(a) => train::run(a),
         Command::Config(a) => config::run(a),
         Command::Info(a) => info::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }

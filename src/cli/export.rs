@@ -1,0 +1,66 @@
+//! `hondo export CHECKPOINT --format safetensors|torchscript|ot --out FILE [--raw]`.
+
+use hondo::export::{self, Format, Input};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    /// Model tensors under torchvision's names, with metadata.
+    Safetensors,
+    /// The model traced in eval mode (TorchScript), for `torch.jit.load` or `tch::CModule`.
+    Torchscript,
+    /// libtorch's tensor archive, for `tch::nn::VarStore::load`.
+    Ot,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint to export (a `.safetensors` file written by `hondo train`).
+    checkpoint: PathBuf,
+    /// Output format (default: from the --out extension: .safetensors, .pt, .ot).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// TorchScript: trace the bare network (input already normalised) instead of taking
+    /// RGB in [0, 1] and normalising inside the module.
+    #[arg(long)]
+    raw: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let format = match a.format {
+        Some(FormatArg::Safetensors) => Format::Safetensors,
+        Some(FormatArg::Torchscript) => Format::TorchScript,
+        Some(FormatArg::Ot) => Format::Ot,
+        None => Format::from_extension(&a.out).ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot tell the format from {}: pass --format safetensors, torchscript or ot",
+                a.out.display()
+            )
+        })?,
+    };
+    if a.raw && format != Format::TorchScript {
+        anyhow::bail!("--raw applies to --format torchscript only");
+    }
+    let input = if a.raw {
+        Input::Normalized
+    } else {
+        Input::Unit
+    };
+    let done = export::export(&a.checkpoint, &a.out, format, input)?;
+    eprintln!(
+        "wrote {} ({} tensors{})",
+        done.path.display(),
+        done.tensors,
+        done.sidecar
+            .map(|s| format!("; metadata in {}", s.display()))
+            .unwrap_or_default()
+    );
+    if format == Format::TorchScript {
+        eprintln!("input: {}", input.describe());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,420 @@
+//! Evaluate a checkpoint on a labelled set: loss, top-1 and top-5 accuracy, per-class
+//! precision and recall, and the confusion matrix, as a JSON-serialisable [`Report`].
+//!
+//! The set is the checkpoint config's own validation split, or an image folder
+//! (`DIR/<class>/<image>`) whose folder names must be classes of the checkpoint.
+
+use crate::checkpoint::Restored;
+use crate::data::loader::{Loader, LoaderOptions};
+use crate::data::normalize::Normalize;
+use crate::data::{self, Dataset, Sample, SampleError};
+use crate::predict::{self, EvalTransform};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::nn::ModuleT;
+use tch::{Kind, Reduction, Tensor};
+
+/// Precision and recall of one class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassMetrics {
+    pub class: String,
+    /// Images whose true class this is.
+    pub support: u64,
+    /// Images predicted as this class.
+    pub predicted: u64,
+    /// Correct / predicted; `None` when nothing was predicted as this class.
+    pub precision: Option<f64>,
+    /// Correct / support; `None` when the set has no image of this class.
+    pub recall: Option<f64>,
+}
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub images: u64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub top1: f64,
+    /// Top-k accuracy with `k = min(5, number of outputs)`.
+    pub top5: f64,
+    pub per_class: Vec<ClassMetrics>,
+    /// `confusion[true][predicted]` counts, in output order.
+    pub confusion: Vec<Vec<u64>>,
+    pub classes: Vec<String>,
+}
+
+/// Running counts over batches.
+#[derive(Debug, Clone)]
+pub struct Accumulator {
+    classes: Vec<String>,
+    k: usize,
+    loss_sum: f64,
+    images: u64,
+    top1: u64,
+    topk: u64,
+    confusion: Vec<Vec<u64>>,
+}
+
+impl Accumulator {
+    /// Counts for a model with `num_outputs` classes named (possibly partly) by `classes`.
+    pub fn new(classes: &[String], num_outputs: usize) -> Accumulator {
+        Accumulator {
+            classes: (0..num_outputs)
+                .map(|i| predict::class_name(classes, i))
+                .collect(),
+            k: num_outputs.min(5),
+            loss_sum: 0.0,
+            images: 0,
+            top1: 0,
+            topk: 0,
+            confusion: vec![vec![0; num_outputs]; num_outputs],
+        }
+    }
+
+    /// Adds one batch of logits `[b, classes]` and labels `[b]`.
+    pub fn add(&mut self, logits: &Tensor, labels: &Tensor) -> anyhow::Result<()> {
+        let labels = labels.to_device(logits.device());
+        let loss = logits
+            .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)
+            .double_value(&[]);
+        let (_, top) = logits.topk(self.k as i64, -1, true, true);
+        let top = Vec::<i64>::try_from(top.to_device(tch::Device::Cpu).flatten(0, -1))?;
+        let labels = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu))?;
+        self.add_ranked(&top, &labels, loss);
+        Ok(())
+    }
+
+    /// Adds ranked predictions (`k` class indices per image, best first, row-major) for
+    /// `labels`, and the batch's summed loss.
+    pub fn add_ranked(&mut self, ranked: &[i64], labels: &[i64], loss_sum: f64) {
+        debug_assert_eq!(ranked.len(), labels.len() * self.k);
+        for (row, &y) in ranked.chunks(self.k).zip(labels) {
+            self.confusion[y as usize][row[0] as usize] += 1;
+            self.top1 += u64::from(row[0] == y);
+            self.topk += u64::from(row.contains(&y));
+        }
+        self.images += labels.len() as u64;
+        self.loss_sum += loss_sum;
+    }
+
+    pub fn report(&self) -> Report {
+        let n = self.images as f64;
+        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        let per_class = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(c, name)| {
+                let support: u64 = self.confusion[c].iter().sum();
+                let predicted: u64 = self.confusion.iter().map(|row| row[c]).sum();
+                let correct = self.confusion[c][c];
+                ClassMetrics {
+                    class: name.clone(),
+                    support,
+                    predicted,
+                    precision: ratio(correct, predicted),
+                    recall: ratio(correct, support),
+                }
+            })
+            .collect();
+        Report {
+            images: self.images,
+            loss: self.loss_sum / n,
+            top1: self.top1 as f64 / n,
+            top5: self.topk as f64 / n,
+            per_class,
+            confusion: self.confusion.clone(),
+            classes: self.classes.clone(),
+        }
+    }
+}
+
+/// Runs `model` in eval mode over every batch of `loader`.
+pub fn evaluate(
+    model: &crate::models::Model,
+    loader: &Loader,
+    normalize: &Normalize,
+    classes: &[String],
+) -> anyhow::Result<Report> {
+    let mut acc = Accumulator::new(classes, model.num_classes as usize);
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for batch in loader.epoch(0, 0) {
+            let batch = batch?;
+            if batch.labels.size()[0] == 0 {
+                continue;
+            }
+            let logits = model.forward_t(&normalize.apply(&batch.images), false);
+            acc.add(&logits.to_kind(Kind::Float), &batch.labels)?;
+        }
+        Ok(())
+    })?;
+    if acc.images == 0 {
+        anyhow::bail!("the evaluation set is empty");
+    }
+    Ok(acc.report())
+}
+
+/// What [`run`] evaluates and how.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// An image folder (`DIR/<class>/<image>`); `None`: the checkpoint config's validation
+    /// split.
+    pub data: Option<PathBuf>,
+    pub batch_size: usize,
+    /// Loader threads; 0 picks one per core.
+    pub workers: usize,
+}
+
+/// Evaluates a restored checkpoint as `opts` says.
+pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
+    let meta = &restored.meta;
+    let dataset: Arc<dyn Dataset> = match &opts.data {
+        Some(dir) => {
+            let t = EvalTransform::from_meta(meta, restored.config.data.max_image_side);
+            Arc::new(LabelledFolder::new(dir, &meta.classes, t)?)
+        }
+        None => {
+            let val = data::build(&restored.config.data)?.val;
+            if val.classes() != meta.classes.as_slice() {
+                anyhow::bail!(
+                    "the checkpoint's validation set has classes {:?}, the checkpoint {:?}",
+                    val.classes(),
+                    meta.classes
+                );
+            }
+            val
+        }
+    };
+    let loader = Loader::new(
+        dataset,
+        LoaderOptions {
+            batch_size: opts.batch_size.max(1),
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+            workers: opts.workers,
+            prefetch: 2,
+            fail_on_error: true,
+            pin_memory: false,
+        },
+    )?;
+    let normalize = Normalize::new(meta.mean, meta.std, restored.vs.device(), false);
+    evaluate(&restored.model, &loader, &normalize, &meta.classes)
+}
+
+/// Labelled images in `DIR/<class>/<image>`, read with a checkpoint's eval transform; each
+/// folder name must be one of the checkpoint's classes (labels follow the checkpoint).
+pub struct LabelledFolder {
+    files: Vec<(PathBuf, i64)>,
+    classes: Vec<String>,
+    transform: EvalTransform,
+}
+
+impl LabelledFolder {
+    pub fn new(
+        dir: &Path,
+        classes: &[String],
+        transform: EvalTransform,
+    ) -> anyhow::Result<LabelledFolder> {
+        let list = |d: &Path| -> anyhow::Result<Vec<PathBuf>> {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+                .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", d.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            v.sort();
+            Ok(v)
+        };
+        let mut files = Vec::new();
+        for sub in list(dir)?.into_iter().filter(|p| p.is_dir()) {
+            let name = sub.file_name().unwrap_or_default().to_string_lossy();
+            let Some(label) = classes.iter().position(|c| *c == name) else {
+                anyhow::bail!(
+                    "{}: class `{name}` is not one of the checkpoint's classes ({})",
+                    sub.display(),
+                    classes.join(", ")
+                );
+            };
+            files.extend(
+                list(&sub)?
+                    .into_iter()
+                    .filter(|p| p.is_file() && predict::is_image_name(p))
+                    .map(|p| (p, label as i64)),
+            );
+        }
+        if files.is_empty() {
+            anyhow::bail!(
+                "{} holds no images in class folders (expected DIR/<class>/<image>)",
+                dir.display()
+            );
+        }
+        Ok(LabelledFolder {
+            files,
+            classes: classes.to_vec(),
+            transform,
+        })
+    }
+}
+
+impl Dataset for LabelledFolder {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn image_size(&self) -> u32 {
+        self.transform.image_size
+    }
+
+    fn get(&self, index: usize, _rng: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
+        let (path, label) = &self.files[index];
+        Ok(Sample {
+            image: predict::load_eval_image(path, &self.transform)?,
+            label: *label,
+        })
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.2}%", v * 100.0))
+}
+
+impl std::fmt::Display for Report {
+    /// Summary, per-class table and confusion matrix (rows: true class).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "images {}  loss {:.4}  top-1 {:.2}%  top-{} {:.2}%",
+            self.images,
+            self.loss,
+            self.top1 * 100.0,
+            self.classes.len().min(5),
+            self.top5 * 100.0
+        )?;
+        let w = self
+            .classes
+            .iter()
+            .map(|c| c.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        writeln!(
+            f,
+            "\n{:<w$}  {:>8}  {:>10}  {:>8}",
+            "class", "support", "precision", "recall"
+        )?;
+        for c in &self.per_class {
+            writeln!(
+                f,
+                "{:<w$}  {:>8}  {:>10}  {:>8}",
+                c.class,
+                c.support,
+                pct(c.precision),
+                pct(c.recall)
+            )?;
+        }
+        writeln!(
+            f,
+            "\nconfusion matrix (rows: true class, columns: predicted)"
+        )?;
+        let cw = self
+            .confusion
+            .iter()
+            .flatten()
+            .map(|v| v.to_string().len())
+            .chain(self.classes.iter().map(|c| c.len()))
+            .max()
+            .unwrap_or(1);
+        write!(f, "{:<w$}", "")?;
+        for c in &self.classes {
+            write!(f, "  {c:>cw$}")?;
+        }
+        writeln!(f)?;
+        for (c, row) in self.classes.iter().zip(&self.confusion) {
+            write!(f, "{c:<w$}")?;
+            for v in row {
+                write!(f, "  {v:>cw$}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        ["a", "b", "c"][..n].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn counts_top1_topk_precision_recall_and_confusion() {
+        let mut acc = Accumulator::new(&names(3), 3);
+        // k = 3: ranked rows for 4 images with labels a, a, b, c.
+        let ranked = [0, 1, 2, 1, 0, 2, 1, 2, 0, 1, 0, 2];
+        acc.add_ranked(&ranked, &[0, 0, 1, 2], 4.0);
+        let r = acc.report();
+        assert_eq!(r.images, 4);
+        assert_eq!(r.loss, 1.0);
+        assert_eq!(r.top1, 0.5);
+        assert_eq!(r.top5, 1.0);
+        assert_eq!(
+            r.confusion,
+            vec![vec![1, 1, 0], vec![0, 1, 0], vec![0, 1, 0]]
+        );
+        let b = &r.per_class[1];
+        assert_eq!((b.support, b.predicted), (1, 3));
+        assert_eq!(b.precision, Some(1.0 / 3.0));
+        assert_eq!(b.recall, Some(1.0));
+        let c = &r.per_class[2];
+        assert_eq!((c.precision, c.recall), (None, Some(0.0)));
+        let text = r.to_string();
+        assert!(
+            text.contains("top-1 50.00%") && text.contains("confusion matrix"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["per_class"][2]["precision"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn tensor_batches_match_hand_counts() {
+        let mut acc = Accumulator::new(&names(2), 2);
+        let logits = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 2.0, 3.0, 0.0]).view([3, 2]);
+        acc.add(&logits, &Tensor::from_slice(&[0i64, 1, 1]))
+            .unwrap();
+        let r = acc.report();
+        assert_eq!(r.top1, 2.0 / 3.0);
+        assert_eq!(r.top5, 1.0);
+        assert_eq!(r.confusion, vec![vec![1, 0], vec![1, 1]]);
+        let expect = (2.0 * (1.0 + (-2.0f64).exp()).ln() + (1.0 + 3.0f64.exp()).ln()) / 3.0;
+        assert!((r.loss - expect).abs() < 1e-5, "{} vs {expect}", r.loss);
+    }
+
+    #[test]
+    fn unknown_class_folders_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a")).unwrap();
+        std::fs::create_dir_all(d.path().join("zebra")).unwrap();
+        std::fs::write(d.path().join("a/x.png"), "").unwrap();
+        let t = EvalTransform {
+            image_size: 8,
+            crop_fraction: 1.0,
+            max_side: 64,
+        };
+        let e = LabelledFolder::new(d.path(), &names(2), t)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("zebra") && e.contains("not one of"), "{e}");
+        std::fs::remove_dir(d.path().join("zebra")).unwrap();
+        let set = LabelledFolder::new(d.path(), &names(2), t).unwrap();
+        assert_eq!(set.len(), 1);
+    }
+}
