@@ -1,7 +1,12 @@
-"""PyTorch eager twin of examples/train_step.rs, for scripts/bench_resnet152_memory.sh.
+"""The PyTorch eager reference trainer: twin of examples/train_step.rs, used by
+scripts/bench/compare.py (issue 7) and scripts/bench_resnet152_memory.sh (issue 3).
 
 Usage: PYTHONPATH=<repo>/.pydeps python3 scripts/bench/train_step.py [--arch resnet152]
-       [--batch 8] [--size 224] [--steps 3] [--warmup 1] [--threads 2]
+       [--batch 8] [--size 224] [--steps 3] [--warmup 1] [--threads 2] [--classes 1000]
+       [--precision fp32|bf16] [--channels-last]
+
+`--arch small_cnn` builds the twin of hondo's small CNN (same layers and parameter names);
+other names are torchvision's ResNets.
 
 torchvision's model, torch.optim.SGD (momentum 0.9, weight decay 1e-4, one group, PyTorch's
 default implementation for CPU tensors), zero_grad / forward / cross-entropy / backward /
@@ -26,6 +31,30 @@ def status_mib(field):
     return 0.0
 
 
+def small_cnn(num_classes, width=32):
+    """hondo's SmallCnn: four conv-BN-ReLU stages (max-pool after the first three), global
+    average pooling, a linear head; the same parameter names."""
+    nn = torch.nn
+    layers, c_in = [], 3
+    for s in range(4):
+        c_out = width << s
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers.append(nn.MaxPool2d(2) if s < 3 else nn.Identity())
+        c_in = c_out
+
+    class SmallCnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(*layers)
+            self.classifier = nn.Linear(c_in, num_classes)
+
+        def forward(self, x):
+            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+            return self.classifier(torch.flatten(x, 1))
+
+    return SmallCnn()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="resnet152")
@@ -34,15 +63,22 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = getattr(torchvision.models, a.arch)(weights=None, num_classes=1000)
-    model.train()
+    if a.arch == "small_cnn":
+        model = small_cnn(a.classes)
+    else:
+        model = getattr(torchvision.models, a.arch)(weights=None, num_classes=a.classes)
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(a.batch, 3, a.size, a.size)
-    y = torch.randint(1000, (a.batch,))
+    x = torch.randn(a.batch, 3, a.size, a.size).contiguous(memory_format=fmt)
+    y = torch.randint(a.classes, (a.batch,))
 
     # Libraries, model, optimizer and data, before the first step.
     start_rss = status_mib("VmRSS")
@@ -51,7 +87,8 @@ def main():
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad()
-        l = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            l = torch.nn.functional.cross_entropy(model(x), y)
         l.backward()
         opt.step()
         loss = l.item()
@@ -67,6 +104,8 @@ def main():
                 "batch": a.batch,
                 "size": a.size,
                 "threads": a.threads,
+                "precision": a.precision,
+                "channels_last": a.channels_last,
                 "step_seconds": [round(v, 3) for v in seconds],
                 "median_step_seconds": round(s[len(s) // 2], 3),
                 "start_rss_mib": round(start_rss, 1),

@@ -1,0 +1,86 @@
+"""hondo against PyTorch eager on the same libtorch, side by side (issue 7).
+
+For each case, runs examples/train_step.rs (hondo) and scripts/bench/train_step.py
+(PyTorch eager) alternately (A B A B ...), ROUNDS times each, every run a fresh process
+with the same model, batch, image size, optimizer (SGD, momentum 0.9, weight decay 1e-4),
+precision, memory format and thread count on in-memory synthetic data; prints a Markdown
+table: median images/s with min-max, peak RSS, the ratio hondo/PyTorch and, for ResNets,
+hondo's achieved GFLOP/s.
+
+  scripts/bench/compare.sh [--rounds 3] [--cases small,resnet18,...]   (builds, then runs this)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Training GFLOP per image at 224x224: 3x the forward multiply-adds x2 (torchvision's
+# GFLOPS figures are multiply-adds: resnet18 1.81, resnet50 4.09, resnet152 11.51).
+TRAIN_GFLOP_224 = {"resnet18": 6 * 1.81, "resnet50": 6 * 4.09, "resnet152": 6 * 11.51}
+
+CASES = {
+    "small": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2),
+    "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=1),
+    "resnet50": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1),
+    "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1, precision="bf16"),
+    "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1, channels_last=True),
+    "resnet50-bf16-cl": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1, precision="bf16", channels_last=True),
+    "resnet152": dict(arch="resnet152", batch=4, size=224, steps=2, warmup=1),
+}
+
+
+def args_of(case, threads):
+    a = ["--arch", case["arch"], "--batch", str(case["batch"]), "--size", str(case["size"]),
+         "--steps", str(case["steps"]), "--warmup", str(case["warmup"]), "--threads", str(threads),
+         "--classes", str(case.get("classes", 1000)), "--precision", case.get("precision", "fp32")]
+    if case.get("channels_last"):
+        a.append("--channels-last")
+    return a
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--hondo", required=True, help="the built examples/train_step binary")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cases", default=",".join(CASES))
+    a = p.parse_args()
+    py = [sys.executable, os.path.join(ROOT, "scripts/bench/train_step.py")]
+    rows = []
+    for name in a.cases.split(","):
+        case = CASES[name]
+        results = {"hondo": [], "pytorch": []}
+        for _ in range(a.rounds):
+            for impl, cmd in (("hondo", [a.hondo]), ("pytorch", py)):
+                r = run(cmd + args_of(case, a.threads))
+                results[impl].append(r)
+                print(f"{name} {impl}: {case['batch'] / r['median_step_seconds']:.1f} img/s, "
+                      f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        rows.append((name, case, results))
+
+    print("| case | hondo img/s (min-max) | PyTorch img/s (min-max) | hondo/PyTorch | hondo peak RSS | PyTorch peak RSS | hondo GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, case, results in rows:
+        ips = {k: [case["batch"] / r["median_step_seconds"] for r in v] for k, v in results.items()}
+        rss = {k: statistics.median(r["peak_rss_mib"] for r in v) for k, v in results.items()}
+        med = {k: statistics.median(v) for k, v in ips.items()}
+        gf = TRAIN_GFLOP_224.get(case["arch"])
+        gflops = f"{med['hondo'] * gf * (case['size'] / 224) ** 2:.0f}" if gf else "-"
+        print(f"| {name} | {med['hondo']:.1f} ({min(ips['hondo']):.1f}-{max(ips['hondo']):.1f}) "
+              f"| {med['pytorch']:.1f} ({min(ips['pytorch']):.1f}-{max(ips['pytorch']):.1f}) "
+              f"| {med['hondo'] / med['pytorch']:.2f}x | {rss['hondo']:.0f} MiB | {rss['pytorch']:.0f} MiB | {gflops} |")
+
+
+if __name__ == "__main__":
+    main()
