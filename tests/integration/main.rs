@@ -4,6 +4,7 @@ mod common;
 
 mod cli;
 mod config_errors;
+mod engine;
 mod linkage;
 mod training;
 mod weights;
