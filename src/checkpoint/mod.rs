@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 pub const FORMAT: &str = "hondo-checkpoint";
-pub const VERSION: u32 = 1;
+/// 2: `ema/` tensors and `optimizer/scaler.*` entries (a version-1 reader would take
+/// `ema/` tensors for model weights); version-1 files read unchanged.
+pub const VERSION: u32 = 2;
 const OPTIMIZER_PREFIX: &str = "optimizer/";
 const EMA_PREFIX: &str = "ema/";
 

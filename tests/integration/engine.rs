@@ -303,8 +303,8 @@ fn wait_for_line(child: &mut Child, needle: &str) -> (String, std::thread::JoinH
 
 const LONG: &[&str] = &[
     "train.device=\"cpu\"",
-    "train.epochs=3",
-    "data.train_size=1500",
+    "train.epochs=2",
+    "data.train_size=800",
     "train.log_every=1",
     "schedule.name=constant",
     "schedule.warmup_epochs=0",
@@ -330,7 +330,7 @@ fn interrupt_then_resume(sig: &str, code: i32) {
     assert!(c.meta.step >= 3, "{:?}", c.meta);
     train_ok(d.path(), "run", &[], true);
     let m = metrics::read(&run.join("metrics.jsonl")).unwrap();
-    assert_eq!(m.last().unwrap().epoch, 3);
+    assert_eq!(m.last().unwrap().epoch, 2);
 }
 
 #[test]
@@ -399,7 +399,7 @@ fn kill_9_at_random_moments_never_corrupts_and_resume_finishes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let m = metrics::read(&run.join("metrics.jsonl")).unwrap();
-    assert_eq!(m.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(m.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
 }
 
 // ---------------------------------------------------------------------------------------
