@@ -3,7 +3,9 @@
 //! - rpath to libtorch's `lib/` so binaries and test binaries run without `LD_LIBRARY_PATH`
 //!   (torch-sys declares `links = "tch"` and exports `DEP_TCH_LIBTORCH_LIB`);
 //! - `--no-as-needed -ltorch` so `libtorch.so` (and through it `libtorch_cuda.so`) stays
-//!   NEEDED: with the default `--as-needed` the CUDA backend is dropped and never seen.
+//!   NEEDED: with the default `--as-needed` the CUDA backend is dropped and never seen;
+//! - compiles `csrc/shim.cpp` (fused optimizer kernels, foreach ops, autocast state: what tch
+//!   does not bind) against the same libtorch headers.
 use std::path::PathBuf;
 
 fn main() {
@@ -25,6 +27,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");
     println!("cargo:rustc-env=HONDO_LIBTORCH_LIB={}", lib.display());
+    compile_shim(&lib);
 
     // Versions for `hondo info`: libtorch's from the pip package, tch's from our manifest.
     let version_py = lib.parent().map(|d| d.join("version.py"));
@@ -46,4 +49,23 @@ fn main() {
         .unwrap_or("unknown");
     println!("cargo:rustc-env=HONDO_TCH_VERSION={tch}");
     println!("cargo:rerun-if-changed=Cargo.toml");
+}
+
+/// The C++ shim, built like torch-sys builds tch's own glue: C++17, the CXX11 ABI, and
+/// libtorch's two include directories.
+fn compile_shim(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    let include = lib
+        .parent()
+        .map(|d| d.join("include"))
+        .expect("libtorch's lib directory has a parent");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/shim.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("hondo_shim");
 }

@@ -3,16 +3,18 @@
 //! `scripts/bench/train_step.py`).
 //!
 //! `cargo run --release --example train_step -- [--arch resnet152] [--batch 8] [--size 224]
-//! [--steps 3] [--warmup 1] [--threads 2]`
+//! [--steps 3] [--warmup 1] [--threads 2] [--classes 1000] [--precision fp32|bf16]
+//! [--channels-last]`
 //!
 //! Each step is hondo's own: `Optimizer::zero_grad`, a train-mode forward, cross-entropy,
 //! backward and `Optimizer::step` (SGD, momentum 0.9, weight decay 1e-4 on every
-//! parameter, as `torch.optim.SGD` with one group). Prints one JSON line with the seconds
+//! parameter, as `torch.optim.SGD` with one group), with the trainer's autocast and
+//! channels-last layout when asked. Prints one JSON line with the seconds
 //! of each timed step and the peak resident set size (`VmHWM` of /proc/self/status).
 
-use hondo::config::{Arch, ModelConfig, OptimizerConfig, OptimizerKind};
+use hondo::config::{Arch, ModelConfig, OptimizerConfig, OptimizerKind, Precision};
 use hondo::models::Model;
-use hondo::train::{optimizer::Optimizer, param_groups};
+use hondo::train::{amp, optimizer::Optimizer, param_groups, to_channels_last};
 use std::time::Instant;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -24,6 +26,9 @@ struct Args {
     steps: usize,
     warmup: usize,
     threads: i32,
+    classes: i64,
+    precision: Precision,
+    channels_last: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,9 +39,16 @@ fn parse() -> Result<Args, String> {
         steps: 3,
         warmup: 1,
         threads: 2,
+        classes: 1000,
+        precision: Precision::Fp32,
+        channels_last: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--channels-last" {
+            a.channels_last = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         let num = || {
             value
@@ -50,6 +62,15 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = num()? as usize,
             "--warmup" => a.warmup = num()? as usize,
             "--threads" => a.threads = num()? as i32,
+            "--classes" => a.classes = num()?,
+            "--precision" => {
+                a.precision = match value.as_str() {
+                    "fp32" => Precision::Fp32,
+                    "bf16" => Precision::Bf16,
+                    "fp16" => Precision::Fp16,
+                    _ => return Err(format!("unknown precision {value}")),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -78,7 +99,10 @@ fn main() {
         arch: a.arch,
         ..Default::default()
     };
-    let model = Model::new(&vs.root(), &model_cfg, 1000);
+    let model = Model::new(&vs.root(), &model_cfg, a.classes);
+    if a.channels_last {
+        to_channels_last(&vs);
+    }
     let opt_cfg = OptimizerConfig {
         name: OptimizerKind::Sgd,
         lr: 0.1,
@@ -89,8 +113,12 @@ fn main() {
         ..Default::default()
     };
     let mut opt = Optimizer::new(&opt_cfg, param_groups::build(&vs, &opt_cfg));
-    let x = Tensor::randn([a.batch, 3, a.size, a.size], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(1000, [a.batch], (Kind::Int64, Device::Cpu));
+    let mut x = Tensor::randn([a.batch, 3, a.size, a.size], (Kind::Float, Device::Cpu));
+    if a.channels_last {
+        // NHWC memory, NCHW shape: what the trainer hands the model with channels_last.
+        x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    }
+    let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, Device::Cpu));
 
     // Libraries, model, optimizer and data, before the first step.
     let start_rss = status_kib("VmRSS:");
@@ -98,10 +126,13 @@ fn main() {
     let mut loss = 0.0;
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
-        opt.zero_grad();
-        let l = model.forward_t(&x, true).cross_entropy_for_logits(&y);
+        opt.zero_grad().expect("zero_grad");
+        let l = {
+            let _autocast = amp::autocast(a.precision, Device::Cpu).expect("autocast");
+            model.forward_t(&x, true).cross_entropy_for_logits(&y)
+        };
         l.backward();
-        opt.step(opt_cfg.lr);
+        opt.step(opt_cfg.lr, None).expect("optimizer step");
         loss = l.double_value(&[]);
         if i >= a.warmup {
             seconds.push(t0.elapsed().as_secs_f64());
@@ -111,12 +142,14 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
     println!(
-        "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \
+        "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \"precision\": \"{:?}\", \"channels_last\": {}, \
          \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}}}",
         a.arch.name(),
         a.batch,
         a.size,
         a.threads,
+        a.precision,
+        a.channels_last,
         seconds.iter().map(|s| (s * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
         median,
         start_rss as f64 / 1024.0,

@@ -305,6 +305,8 @@ mod tests {
             images_per_sec: 1.0,
             seconds: 1.0,
             skipped: 0,
+            val_loss_ema: None,
+            val_acc_ema: None,
         }
     }
 

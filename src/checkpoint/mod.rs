@@ -1,7 +1,9 @@
 //! The checkpoint format: one `.safetensors` file per checkpoint.
 //!
 //! - Model parameters and buffers under torchvision's names (`conv1.weight`, ...).
-//! - Optimizer state under `optimizer/<param>.<field>`.
+//! - Optimizer state under `optimizer/<param>.<field>` (and the fp16 loss scaler under
+//!   `optimizer/scaler.<field>`).
+//! - The weights' moving average (`train.ema_decay`) under `ema/<name>`.
 //! - Metadata `hondo.format` = `hondo-checkpoint`, `hondo.version` = format version, and
 //!   `hondo.meta` = JSON [`Meta`]: epoch, step, architecture, classes, preprocessing,
 //!   metrics and the effective config.
@@ -19,8 +21,11 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 pub const FORMAT: &str = "hondo-checkpoint";
-pub const VERSION: u32 = 1;
+/// 2: `ema/` tensors and `optimizer/scaler.*` entries (a version-1 reader would take
+/// `ema/` tensors for model weights); version-1 files read unchanged.
+pub const VERSION: u32 = 2;
 const OPTIMIZER_PREFIX: &str = "optimizer/";
+const EMA_PREFIX: &str = "ema/";
 
 /// What a checkpoint says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +62,8 @@ pub struct Checkpoint {
     pub meta: Meta,
     pub model: Vec<(String, Tensor)>,
     pub optimizer: Vec<(String, Tensor)>,
+    /// The moving average of the model's tensors, same names as `model` (empty without EMA).
+    pub ema: Vec<(String, Tensor)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +78,21 @@ pub enum CheckpointError {
     Tensors(PathBuf, tensor_io::TensorIoError),
 }
 
-/// Serialises a checkpoint.
+/// Serialises a checkpoint without EMA weights.
 pub fn to_bytes(
     meta: &Meta,
     model: &[(String, Tensor)],
     optimizer: &[(String, Tensor)],
+) -> Result<Vec<u8>, tensor_io::TensorIoError> {
+    to_bytes_with_ema(meta, model, optimizer, &[])
+}
+
+/// Serialises a checkpoint; `ema` goes under `ema/<name>`.
+pub fn to_bytes_with_ema(
+    meta: &Meta,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    ema: &[(String, Tensor)],
 ) -> Result<Vec<u8>, tensor_io::TensorIoError> {
     let mut tensors: Vec<(String, Tensor)> = model
         .iter()
@@ -85,6 +102,10 @@ pub fn to_bytes(
         optimizer
             .iter()
             .map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t.shallow_clone())),
+    );
+    tensors.extend(
+        ema.iter()
+            .map(|(n, t)| (format!("{EMA_PREFIX}{n}"), t.shallow_clone())),
     );
     let metadata = HashMap::from([
         ("hondo.format".to_string(), FORMAT.to_string()),
@@ -103,17 +124,21 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let (tensors, metadata) = tensor_io::deserialize(&bytes)
         .map_err(|e| CheckpointError::NotACheckpoint(path.into(), e.to_string()))?;
     let meta = parse_meta(path, &metadata)?;
-    let (optimizer, model): (Vec<_>, Vec<_>) = tensors
-        .into_iter()
-        .partition(|(n, _)| n.starts_with(OPTIMIZER_PREFIX));
-    let optimizer = optimizer
-        .into_iter()
-        .map(|(n, t)| (n[OPTIMIZER_PREFIX.len()..].to_string(), t))
-        .collect();
+    let (mut model, mut optimizer, mut ema) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, t) in tensors {
+        if let Some(rest) = n.strip_prefix(OPTIMIZER_PREFIX) {
+            optimizer.push((rest.to_string(), t));
+        } else if let Some(rest) = n.strip_prefix(EMA_PREFIX) {
+            ema.push((rest.to_string(), t));
+        } else {
+            model.push((n, t));
+        }
+    }
     Ok(Checkpoint {
         meta,
         model,
         optimizer,
+        ema,
     })
 }
 
@@ -276,12 +301,16 @@ mod tests {
         let p = dir.path().join(epoch_file(3));
         let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
         let opt = vec![("w.step".to_string(), Tensor::from(4i64))];
-        atomic::write(&p, &to_bytes(&meta(), &model, &opt).unwrap()).unwrap();
+        let ema = vec![("w".to_string(), Tensor::from_slice(&[0.5f32, 1.0]))];
+        atomic::write(&p, &to_bytes_with_ema(&meta(), &model, &opt, &ema).unwrap()).unwrap();
         let c = read(&p).unwrap();
         assert_eq!(c.meta, meta());
         assert_eq!(c.model[0].0, "w");
         assert!(c.model[0].1.equal(&model[0].1));
         assert_eq!(c.optimizer[0].0, "w.step");
+        assert_eq!(c.model.len(), 1);
+        assert_eq!(c.ema[0].0, "w");
+        assert!(c.ema[0].1.equal(&ema[0].1));
         assert_eq!(read_meta(&p).unwrap(), meta());
         assert_eq!(list_kept(dir.path(), "val_acc"), vec![(3, 0.75)]);
     }

@@ -259,6 +259,9 @@ pub struct OptimizerConfig {
     /// Parameter groups, matched in order by name prefix; unmatched parameters use the
     /// base settings.
     pub groups: Vec<ParamGroupConfig>,
+    /// Update with libtorch's fused kernels (one call per group); `false` runs the
+    /// per-tensor reference implementation (same rules, slower).
+    pub fused: bool,
 }
 
 impl Default for OptimizerConfig {
@@ -273,6 +276,7 @@ impl Default for OptimizerConfig {
             eps: 1e-8,
             no_decay_bias_and_norm: true,
             groups: Vec::new(),
+            fused: true,
         }
     }
 }
@@ -372,9 +376,10 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Label smoothing of the cross-entropy loss.
     pub label_smoothing: f64,
-    /// `fp32`, `bf16` or `fp16`.
+    /// `fp32`, `bf16` or `fp16`: autocast of the forward pass (bf16 on CPU or CUDA; fp16
+    /// with dynamic loss scaling, which skips steps with non-finite gradients).
     pub precision: Precision,
-    /// Channels-last memory format.
+    /// Channels-last (NHWC) memory format for weights and inputs.
     pub channels_last: bool,
     /// Clip gradients to this global L2 norm (0 disables clipping).
     pub grad_clip: f64,
@@ -387,6 +392,19 @@ pub struct TrainConfig {
     pub on_nonfinite: NonFinite,
     /// Stop when the monitored metric has not improved for this many epochs (0: never).
     pub early_stop_patience: usize,
+    /// Exponential moving average of the weights with this decay per step (0: off, e.g.
+    /// 0.999); evaluated each epoch as `val_acc_ema` and saved in checkpoints.
+    pub ema_decay: f64,
+    /// Mixup: mix pairs of images and their targets with a Beta(alpha, alpha) weight
+    /// (0: off; 0.2 is common).
+    pub mixup_alpha: f64,
+    /// CutMix: paste a box of another image, targets mixed by area, Beta(alpha, alpha)
+    /// (0: off; 1.0 is common). With mixup as well, each batch picks one at random.
+    pub cutmix_alpha: f64,
+    /// Read losses and accuracies back from the device every N steps (progress bar, NaN
+    /// check; the step a NaN appeared at is still named exactly). 0: every step on CPU,
+    /// where reading costs nothing, and every 20 steps on CUDA.
+    pub sync_every: usize,
 }
 
 /// What a NaN or infinite loss does.
@@ -413,6 +431,10 @@ impl Default for TrainConfig {
             log_every: 0,
             on_nonfinite: NonFinite::Stop,
             early_stop_patience: 0,
+            ema_decay: 0.0,
+            mixup_alpha: 0.0,
+            cutmix_alpha: 0.0,
+            sync_every: 0,
         }
     }
 }
@@ -433,7 +455,8 @@ pub struct CheckpointConfig {
     pub dir: String,
     /// Run directory name; empty picks `<arch>-<data>-<n>`, never an existing one.
     pub name: String,
-    /// Metric that picks `best`: `val_acc` or `val_loss`.
+    /// Metric that picks `best`: `val_acc` or `val_loss` (or `val_acc_ema`, `val_loss_ema`
+    /// with `train.ema_decay`).
     pub monitor: String,
     /// `max` or `min` of `monitor`.
     pub mode: MonitorMode,

@@ -196,6 +196,19 @@ pub fn problems(c: &Config) -> Vec<String> {
         );
     }
 
+    check(
+        m.unfreeze_at_epoch <= c.train.epochs,
+        "model.unfreeze_at_epoch",
+        format!(
+            "must be at most train.epochs ({}), got {}",
+            c.train.epochs, m.unfreeze_at_epoch
+        ),
+    );
+    check(
+        m.unfreeze_at_epoch == 0 || !m.freeze.is_empty(),
+        "model.unfreeze_at_epoch",
+        "needs model.freeze to name what to unfreeze".into(),
+    );
     let t = &c.train;
     check(
         t.epochs >= 1,
@@ -222,6 +235,21 @@ pub fn problems(c: &Config) -> Vec<String> {
         "train.grad_clip",
         format!("must be >= 0, got {}", t.grad_clip),
     );
+    check(
+        (0.0..1.0).contains(&t.ema_decay),
+        "train.ema_decay",
+        format!("must be in [0, 1), got {}", t.ema_decay),
+    );
+    check(
+        t.mixup_alpha >= 0.0,
+        "train.mixup_alpha",
+        format!("must be >= 0, got {}", t.mixup_alpha),
+    );
+    check(
+        t.cutmix_alpha >= 0.0,
+        "train.cutmix_alpha",
+        format!("must be >= 0, got {}", t.cutmix_alpha),
+    );
     let device = crate::device::DeviceSpec::parse(&t.device);
     check(
         device.is_ok(),
@@ -230,10 +258,18 @@ pub fn problems(c: &Config) -> Vec<String> {
     );
 
     let k = &c.checkpoint;
+    let ema_monitor = k.monitor == "val_acc_ema" || k.monitor == "val_loss_ema";
     check(
-        k.monitor == "val_acc" || k.monitor == "val_loss",
+        k.monitor == "val_acc" || k.monitor == "val_loss" || (ema_monitor && t.ema_decay > 0.0),
         "checkpoint.monitor",
-        format!("must be one of val_acc, val_loss, got `{}`", k.monitor),
+        if ema_monitor {
+            format!("`{}` needs train.ema_decay > 0", k.monitor)
+        } else {
+            format!(
+                "must be one of val_acc, val_loss, val_acc_ema, val_loss_ema, got `{}`",
+                k.monitor
+            )
+        },
     );
     check(
         !k.dir.is_empty(),

@@ -12,9 +12,15 @@ pub struct EpochMetrics {
     pub epoch: usize,
     /// Optimizer steps done at the end of the epoch.
     pub step: usize,
+    /// Losses and accuracies; JSON has no NaN, so a NaN (an epoch whose steps were all
+    /// skipped) is written as `null` and read back as NaN.
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_acc: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub val_loss: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub val_acc: f64,
     /// Learning rate at the end of the epoch (base group).
     pub lr: f64,
@@ -23,6 +29,11 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Unreadable files skipped this epoch (train and validation).
     pub skipped: usize,
+    /// Validation of the weights' moving average (`train.ema_decay` > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss_ema: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc_ema: Option<f64>,
 }
 
 impl EpochMetrics {
@@ -33,9 +44,15 @@ impl EpochMetrics {
             "val_loss" => Some(self.val_loss),
             "train_acc" => Some(self.train_acc),
             "train_loss" => Some(self.train_loss),
+            "val_acc_ema" => self.val_acc_ema,
+            "val_loss_ema" => self.val_loss_ema,
             _ => None,
         }
     }
+}
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Running sums of loss and correct predictions over an epoch.
@@ -131,6 +148,8 @@ mod tests {
             images_per_sec: 100.0,
             seconds: 1.0,
             skipped: 0,
+            val_loss_ema: None,
+            val_acc_ema: None,
         };
         append(&p, &m).unwrap();
         append(
@@ -144,5 +163,15 @@ mod tests {
         let all = read(&p).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].val_acc, 0.7);
+        append(
+            &p,
+            &EpochMetrics {
+                epoch: 2,
+                train_loss: f64::NAN,
+                ..m.clone()
+            },
+        )
+        .unwrap();
+        assert!(read(&p).unwrap()[1].train_loss.is_nan());
     }
 }

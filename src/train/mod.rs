@@ -1,22 +1,29 @@
 //! The training loop: builds everything a config names, trains epoch by epoch, validates,
 //! writes checkpoints and metrics, and resumes from a run directory.
 
+pub mod amp;
+pub mod ema;
 pub mod metrics;
+pub mod mix;
 pub mod optimizer;
 pub mod param_groups;
 pub mod progress;
 pub mod schedule;
+pub mod shim;
 pub mod signals;
 
 use crate::checkpoint::{self, atomic, policy, Meta};
-use crate::config::{Config, NonFinite};
+use crate::config::{Config, NonFinite, Precision, TrainConfig};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::normalize::Normalize;
 use crate::data::{self, seed};
 use crate::device::{self, DeviceSpec};
 use crate::models::{self, Model};
+use amp::Scaler;
 use anyhow::{bail, Context};
+use ema::Ema;
 use metrics::{EpochMetrics, Running};
+use mix::Mixing;
 use optimizer::Optimizer;
 use progress::Progress;
 use schedule::Schedule;
@@ -91,6 +98,13 @@ struct Session {
     classes: Vec<String>,
     steps_per_epoch: usize,
     progress: Progress,
+    /// The weights' moving average (`train.ema_decay` > 0).
+    ema: Option<Ema>,
+    /// fp16 loss scaling.
+    scaler: Option<Scaler>,
+    mixing: Mixing,
+    /// Optimizer steps between reads of the device's numbers.
+    sync_every: usize,
 }
 
 /// Trains as `opts` says. Errors are reported with the file, key or tensor at fault.
@@ -102,7 +116,7 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
     let mut last = None;
     let mut outcome = Outcome::Finished;
     s.progress.println(&format!(
-        "run {}: {} on {} ({} classes, {} train / {} val images), {} epochs of {} steps, device {}",
+        "run {}: {} on {} ({} classes, {} train / {} val images), {} epochs of {} steps, device {}, {}{}",
         s.run_dir.display(),
         cfg.model.arch.name(),
         format!("{:?}", cfg.data.kind).to_lowercase(),
@@ -112,6 +126,12 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
         cfg.train.epochs,
         s.steps_per_epoch,
         device::name(s.device),
+        format!("{:?}", cfg.train.precision).to_lowercase(),
+        if cfg.train.channels_last {
+            ", channels-last"
+        } else {
+            ""
+        },
     ));
 
     while pos.epoch < cfg.train.epochs {
@@ -153,8 +173,29 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
             }
         };
         let train_seconds = t0.elapsed().as_secs_f64();
-        let (val_stats, skipped_val) =
-            evaluate(&s.model, &s.val, &s.normalize, epoch, &s.progress)?;
+        let precision = cfg.train.precision;
+        let (val_stats, skipped_val) = evaluate(
+            &s.model,
+            &s.val,
+            &s.normalize,
+            precision,
+            epoch,
+            &s.progress,
+        )?;
+        let ema_stats = match &s.ema {
+            Some(e) => Some(
+                evaluate(
+                    &e.model,
+                    &s.val,
+                    &s.normalize,
+                    precision,
+                    epoch,
+                    &s.progress,
+                )?
+                .0,
+            ),
+            None => None,
+        };
         s.progress.finish_epoch();
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -167,6 +208,8 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
             images_per_sec: images as f64 / train_seconds,
             seconds: t0.elapsed().as_secs_f64(),
             skipped: skipped_train + skipped_val,
+            val_loss_ema: ema_stats.map(|e| e.loss()),
+            val_acc_ema: ema_stats.map(|e| e.acc()),
         };
         let value = m.get(&monitor).expect("validated monitor");
         let kept = checkpoint::list_kept(&s.run_dir, &monitor);
@@ -187,13 +230,16 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
         pos.epoch += 1;
         pos.batch = 0;
         pos.metrics = [
-            ("val_acc", m.val_acc),
-            ("val_loss", m.val_loss),
-            ("train_acc", m.train_acc),
-            ("train_loss", m.train_loss),
+            ("val_acc", Some(m.val_acc)),
+            ("val_loss", Some(m.val_loss)),
+            ("train_acc", Some(m.train_acc)),
+            ("train_loss", Some(m.train_loss)),
+            ("val_acc_ema", m.val_acc_ema),
+            ("val_loss_ema", m.val_loss_ema),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
+        // JSON has no NaN: a metric that is not finite (all steps skipped) is left out.
+        .filter_map(|(k, v)| Some((k.to_string(), v.filter(|v| v.is_finite())?)))
         .collect();
         apply_actions(&s, &pos, &actions)?;
         metrics::append(&s.run_dir.join("metrics.jsonl"), &m).with_context(|| {
@@ -203,13 +249,17 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
             )
         })?;
         s.progress.println(&format!(
-            "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | lr {:.3e} | {:.0} img/s | {:.1}s{}{}",
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{} | lr {:.3e} | {:.0} img/s | {:.1}s{}{}",
             epoch + 1,
             cfg.train.epochs,
             m.train_loss,
             m.train_acc * 100.0,
             m.val_loss,
             m.val_acc * 100.0,
+            match m.val_acc_ema {
+                Some(a) => format!(" (ema {:.2}%)", a * 100.0),
+                None => String::new(),
+            },
             m.lr,
             m.images_per_sec,
             m.seconds,
@@ -237,6 +287,9 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
             break;
         }
     }
+    if let Err(e) = crate::plot::training_curves(&s.run_dir) {
+        s.progress.warn(&format!("plot: {e:#}"));
+    }
     Ok(Summary {
         run_dir: s.run_dir.clone(),
         outcome,
@@ -257,6 +310,25 @@ enum EpochEnd {
     Interrupted(i32),
 }
 
+/// A micro-batch whose numbers are still on the device.
+struct Pending {
+    /// The optimizer step it belongs to (1-based) and its batch in the epoch (1-based).
+    step: usize,
+    batch: usize,
+    n: i64,
+    /// The learning rate, when this micro-batch ended an optimizer step.
+    lr: Option<f64>,
+    /// float `[3]`: mean loss, correct predictions, 1 if the loss was NaN or infinite.
+    values: Tensor,
+}
+
+/// What an epoch has counted so far on the host.
+struct EpochCount {
+    stats: Running,
+    images: usize,
+    started: Instant,
+}
+
 fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow::Result<EpochEnd> {
     let cfg = &s.cfg;
     let epoch = pos.epoch;
@@ -264,10 +336,15 @@ fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow
     let n_batches = s.train.num_batches();
     s.progress
         .start_epoch(epoch, cfg.train.epochs, n_batches, pos.batch);
-    let mut stats = Running::default();
+    let mut count = EpochCount {
+        stats: Running::default(),
+        images: 0,
+        started: Instant::now(),
+    };
     let mut skipped = 0;
-    let mut images = 0;
-    let t0 = Instant::now();
+    let mut pending: Vec<Pending> = Vec::with_capacity(s.sync_every * accumulate);
+    // Whether any loss of the accumulation window was NaN or infinite (float scalar).
+    let mut window_bad: Option<Tensor> = None;
     let mut b = pos.batch;
     for batch in s.train.epoch(epoch, pos.batch) {
         let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
@@ -280,113 +357,197 @@ fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow
         if n == 0 {
             continue;
         }
-        // Every random draw of the step (dropout, ...) derives from the step number, so a
-        // resumed run repeats it exactly.
+        // Every random draw of the step (dropout, mixing) derives from the step number, so
+        // a resumed run repeats it exactly.
         tch::manual_seed(
             seed::combine(&[cfg.train.seed, 0x57e9, pos.step as u64, b as u64]) as i64 & i64::MAX,
         );
         let x = s.normalize.apply(&batch.images);
         let y = batch.labels.to_device(s.device);
-        let logits = s.model.forward_t(&x, true);
-        let loss = logits.cross_entropy_loss::<Tensor>(
-            &y,
-            None,
-            Reduction::Mean,
-            -100,
-            cfg.train.label_smoothing,
-        );
-        let loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() {
-            match cfg.train.on_nonfinite {
-                NonFinite::Stop => bail!(
-                    "loss is {loss_value} at step {} (epoch {}, batch {b}): stopping; the last good checkpoint in {} is kept \
-                     (lower optimizer.lr, or set train.on_nonfinite = \"skip\")",
-                    pos.step + 1,
-                    epoch + 1,
-                    s.run_dir.display()
+        let (x, soft_targets) = if s.mixing.enabled() {
+            let seed = seed::combine(&[cfg.train.seed, 0x31c5, pos.step as u64, b as u64]);
+            let (x, t) = s.mixing.apply(x, &y, seed);
+            (x, Some(t))
+        } else {
+            (x, None)
+        };
+        let (logits, loss) = {
+            let _autocast = amp::autocast(cfg.train.precision, s.device)?;
+            let logits = s.model.forward_t(&x, true);
+            let loss = match &soft_targets {
+                Some(t) => mix::soft_cross_entropy(&logits, t),
+                None => logits.cross_entropy_loss::<Tensor>(
+                    &y,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    cfg.train.label_smoothing,
                 ),
-                NonFinite::Skip => {
-                    s.progress.warn(&format!("non-finite loss at step {} (epoch {}, batch {b}): step skipped", pos.step + 1, epoch + 1));
-                    s.optimizer.zero_grad();
-                    continue;
-                }
-            }
+            };
+            (logits, loss)
+        };
+        let bad = loss.isfinite().logical_not().to_kind(Kind::Float);
+        let scaled = loss.shallow_clone() / accumulate as f64;
+        match &s.scaler {
+            Some(scaler) => scaler.scale(&scaled).backward(),
+            None => scaled.backward(),
         }
-        (loss / accumulate as f64).backward();
-        let correct = logits
-            .argmax(-1, false)
-            .eq_tensor(&y)
-            .sum(Kind::Int64)
-            .int64_value(&[]);
-        stats.add(loss_value, correct, n);
-        images += n as usize;
+        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Float);
+        pending.push(Pending {
+            step: pos.step + 1,
+            batch: b,
+            n,
+            lr: None,
+            values: Tensor::stack(
+                &[
+                    loss.detach().to_kind(Kind::Float),
+                    correct,
+                    bad.shallow_clone(),
+                ],
+                0,
+            ),
+        });
+        window_bad = Some(match window_bad {
+            None => bad,
+            Some(w) => w.maximum(&bad),
+        });
         let last_of_epoch = b == n_batches;
         if b % accumulate == 0 || last_of_epoch {
+            let grads = s.optimizer.grads();
+            // Non-zero skips the update on the device: a NaN loss (policy applied when the
+            // numbers are read back) or, with fp16, overflowing gradients.
+            let mut skip = window_bad.take().expect("a micro-batch ran");
+            if let Some(scaler) = &mut s.scaler {
+                skip = skip.maximum(scaler.unscale(&grads)?);
+            }
             if cfg.train.grad_clip > 0.0 {
-                clip_grad_norm(&s.optimizer.grads(), cfg.train.grad_clip);
+                let _norm = shim::clip_grad_norm(&grads, cfg.train.grad_clip)?;
             }
             let lr = cfg.optimizer.lr * s.schedule.factor(pos.step);
-            s.optimizer.step(lr);
-            s.optimizer.zero_grad();
+            s.optimizer.step(lr, Some(&skip))?;
+            if let Some(scaler) = &mut s.scaler {
+                scaler.update();
+            }
+            if let Some(ema) = &s.ema {
+                ema.update()?;
+            }
+            shim::foreach_zero(&grads)?;
             pos.step += 1;
             pos.batch = b;
-            s.progress.update(&progress::StepReport {
-                epoch,
-                step: pos.step,
-                batch: b,
-                loss: stats.loss(),
-                acc: stats.acc(),
-                lr,
-                images_per_sec: images as f64 / t0.elapsed().as_secs_f64(),
-            });
-            if cfg.checkpoint.every_steps > 0
+            if let Some(p) = pending.last_mut() {
+                p.lr = Some(lr);
+            }
+            let save_now = cfg.checkpoint.every_steps > 0
                 && pos.step % cfg.checkpoint.every_steps == 0
-                && !last_of_epoch
-            {
+                && !last_of_epoch;
+            let stop_now = if last_of_epoch { None } else { stop.pending() };
+            if last_of_epoch || save_now || stop_now.is_some() || pos.step % s.sync_every == 0 {
+                // Before anything is saved: a NaN never reaches a checkpoint.
+                read_back(
+                    &mut pending,
+                    &mut count,
+                    &cfg.train,
+                    epoch,
+                    &s.run_dir,
+                    &s.progress,
+                )?;
+            }
+            if save_now {
                 save(s, pos, &[checkpoint::LAST])?;
             }
-            if !last_of_epoch {
-                if let Some(code) = stop.pending() {
-                    return Ok(EpochEnd::Interrupted(code));
-                }
+            if let Some(code) = stop_now {
+                return Ok(EpochEnd::Interrupted(code));
             }
         }
     }
+    read_back(
+        &mut pending,
+        &mut count,
+        &s.cfg.train,
+        epoch,
+        &s.run_dir,
+        &s.progress,
+    )?;
     Ok(EpochEnd::Done {
-        stats,
+        stats: count.stats,
         skipped,
-        images,
+        images: count.images,
     })
 }
 
-/// Scales gradients so that their global L2 norm is at most `max_norm` (no host sync).
-fn clip_grad_norm(grads: &[Tensor], max_norm: f64) {
-    if grads.is_empty() {
-        return;
+/// Reads the pending micro-batches' numbers from the device in one transfer, applies the
+/// NaN policy (naming the exact step) and updates the progress display.
+fn read_back(
+    pending: &mut Vec<Pending>,
+    count: &mut EpochCount,
+    cfg: &TrainConfig,
+    epoch: usize,
+    run_dir: &Path,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
     }
-    tch::no_grad(|| {
-        let norms: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.norm().to_kind(Kind::Float))
-            .collect();
-        let total = Tensor::stack(&norms, 0).norm();
-        let coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-        for g in grads {
-            let _ = g.shallow_clone().g_mul_(&coef.to_kind(g.kind()));
+    let values: Vec<Tensor> = pending.iter().map(|p| p.values.shallow_clone()).collect();
+    let values = Vec::<f32>::try_from(
+        Tensor::stack(&values, 0)
+            .to_device(Device::Cpu)
+            .flatten(0, -1),
+    )
+    .context("reading the step's numbers from the device")?;
+    for (p, v) in pending.iter().zip(values.chunks_exact(3)) {
+        let (loss, correct, bad) = (v[0] as f64, v[1] as i64, v[2] != 0.0);
+        if bad {
+            match cfg.on_nonfinite {
+                NonFinite::Stop => bail!(
+                    "loss is {loss} at step {} (epoch {}, batch {}): stopping; the last good checkpoint in {} is kept \
+                     (lower optimizer.lr, or set train.on_nonfinite = \"skip\")",
+                    p.step,
+                    epoch + 1,
+                    p.batch,
+                    run_dir.display()
+                ),
+                NonFinite::Skip => progress.warn(&format!(
+                    "non-finite loss at step {} (epoch {}, batch {}): step skipped",
+                    p.step,
+                    epoch + 1,
+                    p.batch
+                )),
+            }
+        } else {
+            count.stats.add(loss, correct, p.n);
+            count.images += p.n as usize;
         }
-    });
+        if let Some(lr) = p.lr {
+            progress.update(&progress::StepReport {
+                epoch,
+                step: p.step,
+                batch: p.batch,
+                loss: count.stats.loss(),
+                acc: count.stats.acc(),
+                lr,
+                images_per_sec: count.images as f64 / count.started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    pending.clear();
+    Ok(())
 }
 
 /// Loss and accuracy of `model` on `loader`, in eval mode.
+/// Sums stay on the device until the end: one read per evaluation.
 pub fn evaluate(
     model: &Model,
     loader: &Loader,
     normalize: &Normalize,
+    precision: Precision,
     epoch: usize,
     progress: &Progress,
 ) -> anyhow::Result<(Running, usize)> {
     let mut stats = Running::default();
     let mut skipped = 0;
+    // [loss sum, correct] on the device.
+    let mut sums: Option<Tensor> = None;
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in loader.epoch(epoch, 0) {
             let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
@@ -398,20 +559,38 @@ pub fn evaluate(
             if n == 0 {
                 continue;
             }
-            let logits = model.forward_t(&normalize.apply(&batch.images), false);
-            let y = batch.labels.to_device(logits.device());
-            let loss = logits
-                .cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, 0.0)
-                .double_value(&[]);
-            let correct = logits
-                .argmax(-1, false)
-                .eq_tensor(&y)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
-            stats.add(loss, correct, n);
+            let x = normalize.apply(&batch.images);
+            let y = batch.labels.to_device(x.device());
+            let logits = {
+                let _autocast = amp::autocast(precision, x.device())?;
+                model.forward_t(&x, false)
+            };
+            let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                Reduction::Sum,
+                -100,
+                0.0,
+            );
+            let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Float);
+            let batch_sums = Tensor::stack(
+                &[loss.to_kind(Kind::Double), correct.to_kind(Kind::Double)],
+                0,
+            );
+            sums = Some(match sums.take() {
+                None => batch_sums,
+                Some(s) => s + batch_sums,
+            });
+            stats.seen += n;
         }
         Ok(())
     })?;
+    if let Some(sums) = sums {
+        let v = Vec::<f64>::try_from(sums.to_device(Device::Cpu))
+            .context("reading the evaluation's numbers from the device")?;
+        stats.loss_sum = v[0];
+        stats.correct = v[1].round() as i64;
+    }
     Ok((stats, skipped))
 }
 
@@ -512,11 +691,34 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
         ));
     }
     let mut optimizer = Optimizer::new(&cfg.optimizer, param_groups::build(&vs, &cfg.optimizer));
+    let mut scaler = (cfg.train.precision == Precision::Fp16).then(|| Scaler::new(device));
+    let ema = (cfg.train.ema_decay > 0.0)
+        .then(|| Ema::new(&vs, &cfg.model, num_classes, cfg.train.ema_decay));
     if let Some(ckpt) = resume {
+        let state = match &mut scaler {
+            Some(scaler) => scaler.load_state(ckpt.optimizer),
+            None => amp::without_scaler(ckpt.optimizer),
+        };
         optimizer
-            .load_state(ckpt.optimizer)
+            .load_state(state)
             .context("restoring the optimizer state")?;
+        // A checkpoint without EMA (turned on at resume) starts the average at the weights.
+        if let (Some(ema), false) = (&ema, ckpt.ema.is_empty()) {
+            checkpoint::copy_exact(&ema.vs, &ckpt.ema)
+                .context("loading the checkpoint's EMA weights")?;
+        }
     }
+    let mixing = Mixing {
+        mixup_alpha: cfg.train.mixup_alpha,
+        cutmix_alpha: cfg.train.cutmix_alpha,
+        label_smoothing: cfg.train.label_smoothing,
+        num_classes,
+    };
+    let sync_every = match cfg.train.sync_every {
+        0 if device.is_cuda() => 20,
+        0 => 1,
+        n => n,
+    };
 
     let workers = cfg.data.workers;
     let loader_opts = |shuffle: bool| LoaderOptions {
@@ -570,6 +772,10 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
             classes,
             steps_per_epoch,
             progress,
+            ema,
+            scaler,
+            mixing,
+            sync_every,
         },
         pos,
     ))
@@ -587,23 +793,26 @@ fn load_pretrained(
     let report =
         crate::weights::load_pretrained(vs, path, model.info().classifier, cfg.model.strict)
             .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
+    let head = if report.head_reinitialised.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (the file's head does not fit {} classes)",
+            model.num_classes
+        )
+    };
     progress.println(&format!(
-        "pretrained {}: {}",
+        "pretrained {}: {}{head}",
         path.display(),
         report.summary()
     ));
-    if !report.head_reinitialised.is_empty() {
-        progress.println(&format!(
-            "the head ({}) does not fit {} classes: it starts freshly initialised",
-            model.info().classifier,
-            model.num_classes
-        ));
-    }
     Ok(())
 }
 
-/// Re-lays 4-d weights in channels-last (NHWC) memory order; shapes are unchanged.
-fn to_channels_last(vs: &VarStore) {
+/// Re-lays 4-d weights in channels-last (NHWC) memory order; shapes are unchanged. The
+/// permute-copy-permute gives exactly `contiguous(memory_format=channels_last)` strides
+/// (tested), which convolutions keep for their outputs and gradients.
+pub fn to_channels_last(vs: &VarStore) {
     tch::no_grad(|| {
         for (_, mut t) in vs.variables() {
             if t.dim() == 4 {
@@ -646,11 +855,13 @@ fn model_tensors(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 /// Writes the current state to each of `names` in the run directory (atomically).
 fn save(s: &Session, pos: &Position, names: &[&str]) -> anyhow::Result<()> {
-    let bytes = checkpoint::to_bytes(
-        &meta(s, pos),
-        &model_tensors(&s.vs),
-        &s.optimizer.state_tensors(),
-    )?;
+    let mut optimizer = s.optimizer.state_tensors();
+    if let Some(scaler) = &s.scaler {
+        optimizer.extend(scaler.state_tensors());
+    }
+    let ema = s.ema.as_ref().map(Ema::tensors).unwrap_or_default();
+    let bytes =
+        checkpoint::to_bytes_with_ema(&meta(s, pos), &model_tensors(&s.vs), &optimizer, &ema)?;
     for name in names {
         let path = s.run_dir.join(name);
         atomic::write(&path, &bytes)

@@ -4,10 +4,16 @@
 //! The update rules are `torch.optim`'s (PyTorch 2.11, non-foreach defaults): SGD with
 //! dampening 0; Adam with L2 weight decay; AdamW with decoupled weight decay; bias
 //! correction per parameter step.
+//!
+//! Two implementations of the same rules: libtorch's fused kernels (`_fused_sgd_`,
+//! `_fused_adam_`, `_fused_adamw_`: one call per parameter group, through the C++ shim), and
+//! a per-tensor reference in tch ops (`optimizer.fused = false`), kept to test the fused
+//! path against.
 
+use super::shim::{self, ShimError};
 use crate::config::{OptimizerConfig, OptimizerKind};
 use std::collections::BTreeMap;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// Parameters that share a learning-rate scale and a weight decay.
 #[derive(Debug)]
@@ -19,13 +25,25 @@ pub struct ParamGroup {
     pub weight_decay: f64,
 }
 
-/// Per-parameter state, as `torch.optim` keeps it.
-#[derive(Debug, Default)]
+/// Per-parameter state, as `torch.optim` keeps it (`step` a float scalar on the
+/// parameter's device, so that a skipped step never needs the host).
+#[derive(Debug)]
 struct ParamState {
-    step: i64,
+    step: Tensor,
     momentum_buffer: Option<Tensor>,
     exp_avg: Option<Tensor>,
     exp_avg_sq: Option<Tensor>,
+}
+
+impl ParamState {
+    fn new(p: &Tensor) -> ParamState {
+        ParamState {
+            step: Tensor::zeros([], (Kind::Float, p.device())),
+            momentum_buffer: None,
+            exp_avg: None,
+            exp_avg_sq: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -35,6 +53,7 @@ pub struct Optimizer {
     nesterov: bool,
     betas: (f64, f64),
     eps: f64,
+    fused: bool,
     groups: Vec<ParamGroup>,
     state: BTreeMap<String, ParamState>,
 }
@@ -47,22 +66,24 @@ impl Optimizer {
             nesterov: cfg.nesterov,
             betas: (cfg.betas[0], cfg.betas[1]),
             eps: cfg.eps,
+            fused: cfg.fused,
             groups,
             state: BTreeMap::new(),
         }
+    }
+
+    /// Uses libtorch's fused kernels (`true`) or the per-tensor reference update.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
     }
 
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }
 
-    /// Sets every gradient to zero.
-    pub fn zero_grad(&mut self) {
-        for g in &mut self.groups {
-            for (_, p) in &mut g.params {
-                p.zero_grad();
-            }
-        }
+    /// Sets every gradient to zero (one foreach call).
+    pub fn zero_grad(&mut self) -> Result<(), ShimError> {
+        shim::foreach_zero(&self.grads())
     }
 
     /// All gradients that exist, for clipping and checks.
@@ -77,8 +98,15 @@ impl Optimizer {
     }
 
     /// One update at base learning rate `lr`; frozen parameters and parameters without a
-    /// gradient are left alone.
-    pub fn step(&mut self, lr: f64) {
+    /// gradient are left alone. `found_inf` (a float scalar on the device) non-zero skips
+    /// the update and leaves the state as it was, without a host sync on the fused path.
+    pub fn step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> Result<(), ShimError> {
+        if self.fused {
+            return tch::no_grad(|| self.fused_step(lr, found_inf));
+        }
+        if found_inf.is_some_and(|f| f.double_value(&[]) != 0.0) {
+            return Ok(());
+        }
         tch::no_grad(|| {
             for g in &self.groups {
                 let lr = lr * g.lr_scale;
@@ -90,8 +118,11 @@ impl Optimizer {
                     if !grad.defined() {
                         continue;
                     }
-                    let state = self.state.entry(name.clone()).or_default();
-                    state.step += 1;
+                    let state = self
+                        .state
+                        .entry(name.clone())
+                        .or_insert_with(|| ParamState::new(p));
+                    let _ = state.step.g_add_scalar_(1.0);
                     let mut p = p.shallow_clone();
                     match self.kind {
                         OptimizerKind::Sgd => sgd(
@@ -117,14 +148,99 @@ impl Optimizer {
                 }
             }
         });
+        Ok(())
+    }
+
+    /// One fused kernel call per group. Momentum buffers start at zero, which gives
+    /// exactly `torch.optim`'s first step (`buf = grad`) and survives a skipped first step.
+    fn fused_step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> Result<(), ShimError> {
+        let adam = self.kind != OptimizerKind::Sgd;
+        let momentum = self.momentum;
+        for g in &self.groups {
+            let mut params = Vec::with_capacity(g.params.len());
+            let mut grads = Vec::with_capacity(g.params.len());
+            let mut a = Vec::with_capacity(g.params.len());
+            let mut b = Vec::with_capacity(if adam { g.params.len() } else { 0 });
+            let mut steps = Vec::with_capacity(g.params.len());
+            for (name, p) in &g.params {
+                if !p.requires_grad() {
+                    continue;
+                }
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let s = self
+                    .state
+                    .entry(name.clone())
+                    .or_insert_with(|| ParamState::new(p));
+                if adam {
+                    a.push(
+                        s.exp_avg
+                            .get_or_insert_with(|| p.zeros_like())
+                            .shallow_clone(),
+                    );
+                    b.push(
+                        s.exp_avg_sq
+                            .get_or_insert_with(|| p.zeros_like())
+                            .shallow_clone(),
+                    );
+                } else if momentum != 0.0 {
+                    a.push(
+                        s.momentum_buffer
+                            .get_or_insert_with(|| p.zeros_like())
+                            .shallow_clone(),
+                    );
+                }
+                steps.push(s.step.shallow_clone());
+                params.push(p.shallow_clone());
+                grads.push(grad);
+            }
+            if params.is_empty() {
+                continue;
+            }
+            let lr = lr * g.lr_scale;
+            if adam {
+                shim::fused_adam(
+                    &params,
+                    &grads,
+                    &a,
+                    &b,
+                    &steps,
+                    lr,
+                    self.betas,
+                    g.weight_decay,
+                    self.eps,
+                    self.kind == OptimizerKind::Adamw,
+                    found_inf,
+                )?;
+            } else {
+                shim::fused_sgd(
+                    &params,
+                    &grads,
+                    &a,
+                    &steps,
+                    g.weight_decay,
+                    momentum,
+                    lr,
+                    self.nesterov,
+                    false,
+                    found_inf,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The state as named tensors (`<param>.momentum_buffer`, `<param>.exp_avg`,
-    /// `<param>.exp_avg_sq`, `<param>.step`), for checkpoints.
+    /// `<param>.exp_avg_sq`, `<param>.step` as an int64 scalar), for checkpoints.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (name, s) in &self.state {
-            out.push((format!("{name}.step"), Tensor::from(s.step)));
+            out.push((
+                format!("{name}.step"),
+                s.step.to_device(Device::Cpu).to_kind(Kind::Int64),
+            ));
             for (field, t) in [
                 ("momentum_buffer", &s.momentum_buffer),
                 ("exp_avg", &s.exp_avg),
@@ -139,7 +255,8 @@ impl Optimizer {
     }
 
     /// Restores state saved by [`Optimizer::state_tensors`]; tensors move to each
-    /// parameter's device. Errors name an entry that fits no parameter.
+    /// parameter's device and keep its memory layout. Errors name an entry that fits no
+    /// parameter.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> anyhow::Result<()> {
         let params: BTreeMap<&str, &Tensor> = self
             .groups
@@ -155,9 +272,11 @@ impl Optimizer {
             let p = params
                 .get(name)
                 .ok_or_else(|| anyhow::anyhow!("optimizer state for unknown parameter `{name}`"))?;
-            let s = state.entry(name.to_string()).or_default();
+            let s = state
+                .entry(name.to_string())
+                .or_insert_with(|| ParamState::new(p));
             if field == "step" {
-                s.step = t.int64_value(&[]);
+                s.step = t.to_kind(Kind::Float).to_device(p.device()).reshape([]);
                 continue;
             }
             anyhow::ensure!(
@@ -166,11 +285,13 @@ impl Optimizer {
                 t.size(),
                 p.size()
             );
-            let t = t.to_device(p.device()).to_kind(p.kind());
+            // Same dtype, device and strides as the parameter (channels-last included).
+            let like = p.empty_like();
+            tch::no_grad(|| like.shallow_clone().copy_(&t));
             match field {
-                "momentum_buffer" => s.momentum_buffer = Some(t),
-                "exp_avg" => s.exp_avg = Some(t),
-                "exp_avg_sq" => s.exp_avg_sq = Some(t),
+                "momentum_buffer" => s.momentum_buffer = Some(like),
+                "exp_avg" => s.exp_avg = Some(like),
+                "exp_avg_sq" => s.exp_avg_sq = Some(like),
                 _ => anyhow::bail!("optimizer state entry `{key}`: unknown field `{field}`"),
             }
         }
@@ -236,7 +357,7 @@ fn adam(
     let _ = m.lerp_(&grad, 1.0 - b1);
     let v = s.exp_avg_sq.get_or_insert_with(|| grad.zeros_like());
     let _ = v.g_mul_scalar_(b2).addcmul_(&grad, &(&grad * (1.0 - b2)));
-    let t = s.step as f64;
+    let t = s.step.double_value(&[]);
     let bias1 = 1.0 - b1.powf(t);
     let bias2 = 1.0 - b2.powf(t);
     let denom = v.sqrt() / bias2.sqrt() + eps;
@@ -246,13 +367,13 @@ fn adam(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
 
     fn one_param(kind: OptimizerKind, wd: f64) -> (Optimizer, Tensor) {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let cfg = OptimizerConfig {
             name: kind,
             nesterov: false,
+            fused: false,
             ..Default::default()
         };
         let group = ParamGroup {
@@ -275,9 +396,9 @@ mod tests {
     fn sgd_momentum_matches_the_closed_form() {
         let (mut opt, p) = one_param(OptimizerKind::Sgd, 0.0);
         set_grad(&p, &[1.0, 1.0]);
-        opt.step(0.1); // buf = g = 1; p -= 0.1
+        opt.step(0.1, None).unwrap(); // buf = g = 1; p -= 0.1
         set_grad(&p, &[1.0, 1.0]);
-        opt.step(0.1); // buf = 0.9 + 1 = 1.9; p -= 0.19
+        opt.step(0.1, None).unwrap(); // buf = 0.9 + 1 = 1.9; p -= 0.19
         let v = Vec::<f32>::try_from(&p).unwrap();
         assert!((v[0] - (1.0 - 0.29)).abs() < 1e-6, "{v:?}");
     }
@@ -286,7 +407,7 @@ mod tests {
     fn adam_first_step_moves_by_lr() {
         let (mut opt, p) = one_param(OptimizerKind::Adam, 0.0);
         set_grad(&p, &[0.5, -3.0]);
-        opt.step(0.01);
+        opt.step(0.01, None).unwrap();
         let v = Vec::<f32>::try_from(&p).unwrap();
         assert!(
             (v[0] - 0.99).abs() < 1e-5 && (v[1] + 1.99).abs() < 1e-5,
@@ -298,14 +419,14 @@ mod tests {
     fn state_round_trips() {
         let (mut opt, p) = one_param(OptimizerKind::Adamw, 0.01);
         set_grad(&p, &[0.5, -3.0]);
-        opt.step(0.01);
+        opt.step(0.01, None).unwrap();
         let saved = opt.state_tensors();
         assert_eq!(saved.len(), 3);
         let (mut other, _) = one_param(OptimizerKind::Adamw, 0.01);
         other
             .load_state(saved.iter().map(|(n, t)| (n.clone(), t.copy())).collect())
             .unwrap();
-        assert_eq!(other.state["w"].step, 1);
+        assert_eq!(other.state["w"].step.double_value(&[]), 1.0);
         assert!(other.state["w"]
             .exp_avg
             .as_ref()

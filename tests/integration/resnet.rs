@@ -274,12 +274,12 @@ fn frozen_batchnorm_keeps_its_statistics_while_the_rest_trains() {
         for _ in 0..n {
             let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
             let y = Tensor::from_slice(&[0i64, 1, 2, 4]);
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             model
                 .forward_t(&x, true)
                 .cross_entropy_for_logits(&y)
                 .backward();
-            opt.step(0.1);
+            opt.step(0.1, None).unwrap();
         }
     };
     train_steps(&mut opt, 2);
