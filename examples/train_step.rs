@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example train_step -- [--arch resnet152] [--batch 8] [--size 224]
 //! [--steps 3] [--warmup 1] [--threads 2] [--classes 1000] [--precision fp32|bf16]
-//! [--channels-last]`
+//! [--channels-last] [--device cpu|cuda]`
 //!
 //! Each step is hondo's own: `Optimizer::zero_grad`, a train-mode forward, cross-entropy,
 //! backward and `Optimizer::step` (SGD, momentum 0.9, weight decay 1e-4 on every
@@ -29,6 +29,7 @@ struct Args {
     classes: i64,
     precision: Precision,
     channels_last: bool,
+    device: Device,
 }
 
 fn parse() -> Result<Args, String> {
@@ -42,6 +43,7 @@ fn parse() -> Result<Args, String> {
         classes: 1000,
         precision: Precision::Fp32,
         channels_last: false,
+        device: Device::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +65,9 @@ fn parse() -> Result<Args, String> {
             "--warmup" => a.warmup = num()? as usize,
             "--threads" => a.threads = num()? as i32,
             "--classes" => a.classes = num()?,
+            "--device" => {
+                a.device = hondo::device::DeviceSpec::parse(&value).and_then(|d| d.resolve())?
+            }
             "--precision" => {
                 a.precision = match value.as_str() {
                     "fp32" => Precision::Fp32,
@@ -94,7 +99,10 @@ fn main() {
     });
     tch::set_num_threads(a.threads);
     tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
+    if a.device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let vs = VarStore::new(a.device);
     let model_cfg = ModelConfig {
         arch: a.arch,
         ..Default::default()
@@ -113,12 +121,12 @@ fn main() {
         ..Default::default()
     };
     let mut opt = Optimizer::new(&opt_cfg, param_groups::build(&vs, &opt_cfg));
-    let mut x = Tensor::randn([a.batch, 3, a.size, a.size], (Kind::Float, Device::Cpu));
+    let mut x = Tensor::randn([a.batch, 3, a.size, a.size], (Kind::Float, a.device));
     if a.channels_last {
         // NHWC memory, NCHW shape: what the trainer hands the model with channels_last.
         x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
     }
-    let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, Device::Cpu));
+    let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, a.device));
 
     // Libraries, model, optimizer and data, before the first step.
     let start_rss = status_kib("VmRSS:");
@@ -128,7 +136,7 @@ fn main() {
         let t0 = Instant::now();
         opt.zero_grad().expect("zero_grad");
         let l = {
-            let _autocast = amp::autocast(a.precision, Device::Cpu).expect("autocast");
+            let _autocast = amp::autocast(a.precision, a.device).expect("autocast");
             model.forward_t(&x, true).cross_entropy_for_logits(&y)
         };
         l.backward();

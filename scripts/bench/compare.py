@@ -55,6 +55,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
     py = [sys.executable, os.path.join(ROOT, "scripts/bench/train_step.py")]
     rows = []
@@ -63,7 +64,7 @@ def main():
         results = {"hondo": [], "pytorch": []}
         for _ in range(a.rounds):
             for impl, cmd in (("hondo", [a.hondo]), ("pytorch", py)):
-                r = run(cmd + args_of(case, a.threads))
+                r = run(cmd + args_of(case, a.threads) + ["--device", a.device])
                 results[impl].append(r)
                 print(f"{name} {impl}: {case['batch'] / r['median_step_seconds']:.1f} img/s, "
                       f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)

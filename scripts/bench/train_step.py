@@ -63,8 +63,9 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--channels-last", action="store_true")
     a = p.parse_args()
 
@@ -75,10 +76,11 @@ def main():
     else:
         model = getattr(torchvision.models, a.arch)(weights=None, num_classes=a.classes)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt).train()
+    model = model.to(device=a.device, memory_format=fmt).train()
+    torch.backends.cudnn.benchmark = True
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(a.batch, 3, a.size, a.size).contiguous(memory_format=fmt)
-    y = torch.randint(a.classes, (a.batch,))
+    x = torch.randn(a.batch, 3, a.size, a.size, device=a.device).contiguous(memory_format=fmt)
+    y = torch.randint(a.classes, (a.batch,), device=a.device)
 
     # Libraries, model, optimizer and data, before the first step.
     start_rss = status_mib("VmRSS")
@@ -87,7 +89,8 @@ def main():
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        dtype = torch.float16 if a.precision == "fp16" else torch.bfloat16
+        with torch.autocast(a.device.split(":")[0], dtype=dtype, enabled=a.precision != "fp32"):
             l = torch.nn.functional.cross_entropy(model(x), y)
         l.backward()
         opt.step()
