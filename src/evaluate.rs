@@ -5,11 +5,12 @@
 //! (`DIR/<class>/<image>`) whose folder names must be classes of the checkpoint.
 
 use crate::checkpoint::Restored;
+use crate::data::image_folder::{self, ImageFolder, UnknownClass};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::normalize::Normalize;
-use crate::data::{self, Dataset, Sample, SampleError};
-use crate::predict::{self, EvalTransform};
-use rand_chacha::ChaCha8Rng;
+use crate::data::transforms::Transform;
+use crate::data::{self, Dataset};
+use crate::predict;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,10 +172,12 @@ pub struct EvalOptions {
 pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
     let meta = &restored.meta;
     let dataset: Arc<dyn Dataset> = match &opts.data {
-        Some(dir) => {
-            let t = EvalTransform::from_meta(meta, restored.config.data.max_image_side);
-            Arc::new(LabelledFolder::new(dir, &meta.classes, t)?)
-        }
+        Some(dir) => Arc::new(labelled_folder(
+            dir,
+            &meta.classes,
+            Transform::center(meta.image_size, meta.crop_fraction),
+            restored.config.data.max_image_side,
+        )?),
         None => {
             let val = data::build(&restored.config.data)?.val;
             if val.classes() != meta.classes.as_slice() {
@@ -204,79 +207,27 @@ pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
     evaluate(&restored.model, &loader, &normalize, &meta.classes)
 }
 
-/// Labelled images in `DIR/<class>/<image>`, read with a checkpoint's eval transform; each
-/// folder name must be one of the checkpoint's classes (labels follow the checkpoint).
-pub struct LabelledFolder {
-    files: Vec<(PathBuf, i64)>,
-    classes: Vec<String>,
-    transform: EvalTransform,
-}
-
-impl LabelledFolder {
-    pub fn new(
-        dir: &Path,
-        classes: &[String],
-        transform: EvalTransform,
-    ) -> anyhow::Result<LabelledFolder> {
-        let list = |d: &Path| -> anyhow::Result<Vec<PathBuf>> {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(d)
-                .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", d.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            v.sort();
-            Ok(v)
-        };
-        let mut files = Vec::new();
-        for sub in list(dir)?.into_iter().filter(|p| p.is_dir()) {
-            let name = sub.file_name().unwrap_or_default().to_string_lossy();
-            let Some(label) = classes.iter().position(|c| *c == name) else {
-                anyhow::bail!(
-                    "{}: class `{name}` is not one of the checkpoint's classes ({})",
-                    sub.display(),
-                    classes.join(", ")
-                );
-            };
-            files.extend(
-                list(&sub)?
-                    .into_iter()
-                    .filter(|p| p.is_file() && predict::is_image_name(p))
-                    .map(|p| (p, label as i64)),
-            );
+/// Labelled images in `DIR/<class>/...`, scanned as an image folder's validation split is,
+/// read with `transform`; each folder name must be one of the checkpoint's `classes`, whose
+/// order gives the labels.
+pub fn labelled_folder(
+    dir: &Path,
+    classes: &[String],
+    transform: Transform,
+    max_side: u32,
+) -> anyhow::Result<ImageFolder> {
+    let listing = image_folder::scan(dir, Some(classes)).map_err(|e| {
+        match e.downcast_ref::<UnknownClass>() {
+            Some(u) => anyhow::anyhow!(
+                "{}: class `{}` is not one of the checkpoint's classes ({})",
+                u.dir.display(),
+                u.name,
+                u.classes.join(", ")
+            ),
+            None => e,
         }
-        if files.is_empty() {
-            anyhow::bail!(
-                "{} holds no images in class folders (expected DIR/<class>/<image>)",
-                dir.display()
-            );
-        }
-        Ok(LabelledFolder {
-            files,
-            classes: classes.to_vec(),
-            transform,
-        })
-    }
-}
-
-impl Dataset for LabelledFolder {
-    fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
-
-    fn image_size(&self) -> u32 {
-        self.transform.image_size
-    }
-
-    fn get(&self, index: usize, _rng: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
-        let (path, label) = &self.files[index];
-        Ok(Sample {
-            image: predict::load_eval_image(path, &self.transform)?,
-            label: *label,
-        })
-    }
+    })?;
+    Ok(ImageFolder::new(listing, transform, max_side))
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -403,18 +354,14 @@ mod tests {
         std::fs::create_dir_all(d.path().join("a")).unwrap();
         std::fs::create_dir_all(d.path().join("zebra")).unwrap();
         std::fs::write(d.path().join("a/x.png"), "").unwrap();
-        let t = EvalTransform {
-            image_size: 8,
-            crop_fraction: 1.0,
-            max_side: 64,
-        };
-        let e = LabelledFolder::new(d.path(), &names(2), t)
+        let t = Transform::center(8, 1.0);
+        let e = labelled_folder(d.path(), &names(2), t.clone(), 64)
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("zebra") && e.contains("not one of"), "{e}");
         std::fs::remove_dir(d.path().join("zebra")).unwrap();
-        let set = LabelledFolder::new(d.path(), &names(2), t).unwrap();
+        let set = labelled_folder(d.path(), &names(2), t, 64).unwrap();
         assert_eq!(set.len(), 1);
     }
 }

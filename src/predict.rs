@@ -2,92 +2,38 @@
 //! resize the shorter side to `image_size / crop_fraction`, centre crop `image_size`,
 //! normalise), batched, and the top-k classes with their probabilities per image.
 
-use crate::checkpoint::{Meta, Restored};
+use crate::checkpoint::Restored;
+use crate::data::decode::decode_bytes;
+use crate::data::image_folder::{has_image_extension, EXTENSIONS};
 use crate::data::normalize::Normalize;
-use crate::data::SampleError;
-use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use crate::data::transforms::{RgbRef, Transform};
+use crate::data::{seed, SampleError};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
-/// File name extensions read as images (lower case).
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
-
-/// The eval transform of a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EvalTransform {
-    /// Side of the square network input.
-    pub image_size: u32,
-    /// The shorter side is resized to `image_size / crop_fraction` before the centre crop.
-    pub crop_fraction: f64,
-    /// Largest accepted image side; larger headers are rejected unread.
-    pub max_side: u32,
-}
-
-impl EvalTransform {
-    pub fn from_meta(meta: &Meta, max_side: u32) -> EvalTransform {
-        EvalTransform {
-            image_size: meta.image_size,
-            crop_fraction: meta.crop_fraction,
-            max_side,
-        }
-    }
-
-    /// Resizes and centre-crops interleaved RGB pixels (`width * height * 3` bytes) to
-    /// `image_size * image_size * 3` bytes, in one resampling pass: the crop box is mapped
-    /// back to source coordinates, as torchvision's `Resize(int(size / crop)) + CenterCrop`
-    /// would cut it.
-    pub fn apply(&self, rgb: Vec<u8>, width: u32, height: u32) -> Result<Vec<u8>, String> {
-        let size = self.image_size;
-        let short = width.min(height) as f64;
-        let resized_short = (size as f64 / self.crop_fraction).floor().max(size as f64);
-        let scale = resized_short / short;
-        let side = size as f64 / scale; // the crop's side in source pixels
-        let left = (width as f64 - side) / 2.0;
-        let top = (height as f64 - side) / 2.0;
-        let src =
-            Image::from_vec_u8(width, height, rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
-        let mut dst = Image::new(size, size, PixelType::U8x3);
-        let opts = ResizeOptions::new()
-            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-            .crop(left, top, side, side);
-        Resizer::new()
-            .resize(&src, &mut dst, &opts)
-            .map_err(|e| e.to_string())?;
-        Ok(dst.into_vec())
-    }
-}
-
-/// Reads an image file and applies the eval transform: `image_size² * 3` RGB bytes.
-/// Errors name the file and say what is wrong with it.
-pub fn load_eval_image(path: &Path, t: &EvalTransform) -> Result<Vec<u8>, SampleError> {
+/// Reads an image file (at most `max_side` pixels a side) and applies the eval `transform`:
+/// `image_size² * 3` RGB bytes. Errors name the file and say what is wrong with it.
+pub fn load_eval_image(
+    path: &Path,
+    transform: &Transform,
+    max_side: u32,
+) -> Result<Vec<u8>, SampleError> {
     let err = |reason: String| SampleError {
         item: path.display().to_string(),
         reason,
     };
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| err(format!("cannot open: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| err(format!("cannot read: {e}")))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(t.max_side);
-    limits.max_image_height = Some(t.max_side);
-    reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|e| err(format!("not a readable image: {e}")))?
-        .into_rgb8();
-    let (w, h) = img.dimensions();
-    if w == 0 || h == 0 {
-        return Err(err("empty image".into()));
-    }
-    t.apply(img.into_raw(), w, h).map_err(err)
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let image =
+        decode_bytes(&bytes, max_side).map_err(|e| err(format!("not a readable image: {e}")))?;
+    // The eval transform draws nothing from the stream.
+    Ok(transform.apply(RgbRef::from(&image), &mut seed::rng(&[])))
 }
 
 /// The image files named by `inputs`: files as given, directories expanded to the image
-/// files directly inside them (by extension, sorted by name).
+/// files directly inside them (by extension, as an image folder's are; sorted by name).
 pub fn image_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for input in inputs {
@@ -100,26 +46,19 @@ pub fn image_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(input)
             .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image_name(p))
+            .filter(|p| p.is_file() && has_image_extension(p))
             .collect();
         if files.is_empty() {
             anyhow::bail!(
                 "{} holds no image files ({})",
                 input.display(),
-                IMAGE_EXTENSIONS.join(", ")
+                EXTENSIONS.join(", ")
             );
         }
         files.sort();
         out.extend(files);
     }
     Ok(out)
-}
-
-/// Whether the file name has one of [`IMAGE_EXTENSIONS`].
-pub fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// A class and its probability.
@@ -153,7 +92,7 @@ pub fn predict(
 ) -> anyhow::Result<Vec<Prediction>> {
     let meta = &restored.meta;
     let device = restored.vs.device();
-    let transform = EvalTransform::from_meta(meta, max_side);
+    let transform = Transform::center(meta.image_size, meta.crop_fraction);
     let normalize = Normalize::new(meta.mean, meta.std, device, false);
     let k = k.clamp(1, meta.num_classes as usize);
     let size = meta.image_size as i64;
@@ -161,7 +100,7 @@ pub fn predict(
     for chunk in files.chunks(batch_size.max(1)) {
         let images = chunk
             .par_iter()
-            .map(|f| load_eval_image(f, &transform))
+            .map(|f| load_eval_image(f, &transform, max_side))
             .collect::<Result<Vec<_>, _>>()?;
         let pixels = images.concat();
         let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, size, size, 3]);
@@ -226,12 +165,14 @@ mod tests {
 
     #[test]
     fn transform_keeps_a_uniform_image_uniform_and_sized() {
-        let t = EvalTransform {
-            image_size: 8,
-            crop_fraction: 0.875,
-            max_side: 100,
+        let t = Transform::center(8, 0.875);
+        let px = vec![77u8; 20 * 12 * 3];
+        let img = RgbRef {
+            width: 20,
+            height: 12,
+            pixels: &px,
         };
-        let out = t.apply(vec![77u8; 20 * 12 * 3], 20, 12).unwrap();
+        let out = t.apply(img, &mut seed::rng(&[]));
         assert_eq!(out.len(), 8 * 8 * 3);
         assert!(out.iter().all(|&v| v == 77));
     }
@@ -248,12 +189,13 @@ mod tests {
                 px[i..i + 3].copy_from_slice(&[255, 255, 255]);
             }
         }
-        let t = EvalTransform {
-            image_size: 16,
-            crop_fraction: 1.0,
-            max_side: 100,
+        let t = Transform::center(16, 1.0);
+        let img = RgbRef {
+            width: w,
+            height: h,
+            pixels: &px,
         };
-        let out = t.apply(px, w, h).unwrap();
+        let out = t.apply(img, &mut seed::rng(&[]));
         let row: Vec<u8> = (0..16).map(|x| out[x * 3]).collect();
         assert_eq!(&row[..8], &[0; 8]);
         assert_eq!(&row[8..], &[255; 8]);
@@ -264,17 +206,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("notes.png");
         std::fs::write(&p, "just text").unwrap();
-        let t = EvalTransform {
-            image_size: 8,
-            crop_fraction: 1.0,
-            max_side: 100,
-        };
-        let e = load_eval_image(&p, &t).unwrap_err().to_string();
+        let t = Transform::center(8, 1.0);
+        let e = load_eval_image(&p, &t, 100).unwrap_err().to_string();
         assert!(
             e.contains("notes.png") && e.contains("not a readable image"),
             "{e}"
         );
-        let e = load_eval_image(&d.path().join("missing.png"), &t)
+        let e = load_eval_image(&d.path().join("missing.png"), &t, 100)
             .unwrap_err()
             .to_string();
         assert!(

@@ -74,17 +74,8 @@ impl Dataset for ImageFolder {
             item: path.display().to_string(),
             reason,
         })?;
-        let (width, height) = image.dimensions();
-        let image = self.transform.apply(
-            RgbRef {
-                width,
-                height,
-                pixels: image.as_raw(),
-            },
-            rng,
-        );
         Ok(Sample {
-            image,
+            image: self.transform.apply(RgbRef::from(&image), rng),
             label: *label,
         })
     }
@@ -144,6 +135,22 @@ pub fn listings(root: &Path, val_fraction: f64, seed: u64) -> anyhow::Result<(Li
     }
 }
 
+/// A class directory that [`scan`] found whose name is not one of the classes it was given;
+/// callers that take the classes from elsewhere (a checkpoint) downcast to reword it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "class directory {} is not a training class (training classes: {classes:?})",
+    .dir.display()
+)]
+pub struct UnknownClass {
+    /// The class directory.
+    pub dir: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// The classes it is not among.
+    pub classes: Vec<String>,
+}
+
 /// Lists the class directories of `dir` and their images. With `classes`, the directory's
 /// classes must be among them and take their labels (a validation set may lack a class).
 pub fn scan(dir: &Path, classes: Option<&[String]>) -> anyhow::Result<Listing> {
@@ -169,10 +176,12 @@ pub fn scan(dir: &Path, classes: Option<&[String]>) -> anyhow::Result<Listing> {
     let mut samples = Vec::new();
     for name in &found {
         let Some(label) = classes.iter().position(|c| c == name) else {
-            bail!(
-                "class directory {} is not a training class (training classes: {classes:?})",
-                dir.join(name).display()
-            );
+            return Err(UnknownClass {
+                dir: dir.join(name),
+                name: name.clone(),
+                classes,
+            }
+            .into());
         };
         let class_dir = dir.join(name);
         let files = image_files(&class_dir)?;

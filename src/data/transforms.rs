@@ -23,6 +23,16 @@ pub struct RgbRef<'a> {
     pub pixels: &'a [u8],
 }
 
+impl<'a> From<&'a image::RgbImage> for RgbRef<'a> {
+    fn from(image: &'a image::RgbImage) -> RgbRef<'a> {
+        RgbRef {
+            width: image.width(),
+            height: image.height(),
+            pixels: image.as_raw(),
+        }
+    }
+}
+
 /// A rectangle of source pixels; fractional for the eval crop, which is expressed in
 /// source coordinates of a crop taken after resizing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,7 +73,7 @@ impl Transform {
             }
         } else {
             Crop::Center {
-                resize_to: eval_resize(cfg),
+                resize_to: eval_resize(cfg.image_size, cfg.crop_fraction),
             }
         };
         Transform {
@@ -74,12 +84,19 @@ impl Transform {
         }
     }
 
-    /// The evaluation transform: shorter side to `image_size / crop_fraction`, centre crop.
+    /// The evaluation transform of `cfg`: see [`Transform::center`].
     pub fn eval(cfg: &DataConfig) -> Transform {
+        Transform::center(cfg.image_size, cfg.crop_fraction)
+    }
+
+    /// The evaluation transform, also rebuilt from a checkpoint's `image_size` and
+    /// `crop_fraction`: shorter side to `image_size / crop_fraction`, centre crop
+    /// `image_size`. It draws nothing from the random stream.
+    pub fn center(image_size: u32, crop_fraction: f64) -> Transform {
         Transform {
-            size: cfg.image_size,
+            size: image_size,
             crop: Crop::Center {
-                resize_to: eval_resize(cfg),
+                resize_to: eval_resize(image_size, crop_fraction),
             },
             hflip: 0.0,
             jitter: 0.0,
@@ -114,8 +131,8 @@ impl Transform {
 }
 
 /// timm's and torchvision's reference scripts: `floor(crop / crop_fraction)`.
-fn eval_resize(cfg: &DataConfig) -> u32 {
-    ((cfg.image_size as f64 / cfg.crop_fraction).floor() as u32).max(cfg.image_size)
+fn eval_resize(image_size: u32, crop_fraction: f64) -> u32 {
+    ((image_size as f64 / crop_fraction).floor() as u32).max(image_size)
 }
 
 /// A uniform draw from `[lo, hi)` (or exactly `lo` when the range is empty), as

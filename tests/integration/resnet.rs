@@ -2,7 +2,7 @@
 //! keys and shapes, eval logits and train-mode BatchNorm statistics to 1e-4, gradients,
 //! `zero_init_residual`, frozen BatchNorm; and fine-tuning through the `hondo` binary.
 
-use super::common::{hondo, write};
+use super::common::{hondo, python_fixtures, write};
 use hondo::config::{Arch, ModelConfig, OptimizerConfig};
 use hondo::models::{self, Model};
 use hondo::train::{metrics, optimizer::Optimizer, param_groups};
@@ -10,51 +10,14 @@ use hondo::weights;
 use predicates::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
-/// The fixture directory, generated once per script version and cached in cargo's
-/// per-target temporary directory (as tests/integration/weights.rs does).
+/// The fixture directory, generated once per script version (see [`python_fixtures`]).
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = repo.join("tests/python/resnet_parity.py");
-        let source = std::fs::read(&script).expect("read resnet_parity.py");
-        let mut h = DefaultHasher::new();
-        source.hash(&mut h);
-        let tmp_root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp_root.join(format!("resnet-fixtures-{:016x}", h.finish()));
-        if dir.join("done").exists() {
-            return dir;
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("resnet-fixtures-")
-            .tempdir_in(tmp_root)
-            .expect("create a temporary directory");
-        let status = Command::new("python3")
-            .arg(&script)
-            .arg(tmp.path())
-            .env("PYTHONPATH", repo.join(".pydeps"))
-            .status()
-            .expect("run python3 (PYTHONPATH=.pydeps) for tests/python/resnet_parity.py");
-        assert!(status.success(), "resnet_parity.py failed: {status}");
-        std::fs::write(tmp.path().join("done"), b"").unwrap();
-        let tmp = tmp.keep();
-        // Another test process may have finished first: keep its copy.
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            assert!(
-                dir.join("done").exists(),
-                "could not move fixtures to {}",
-                dir.display()
-            );
-        }
-        dir
-    })
+    DIR.get_or_init(|| python_fixtures("resnet_parity.py", "resnet-fixtures", |_| Vec::new()))
 }
 
 const ARCHS: [Arch; 5] = [

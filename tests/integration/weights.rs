@@ -4,56 +4,24 @@
 //! The expected values come from `reference.bin`/`reference.json`, raw bytes the script
 //! dumps beside the files, so no loader under test checks itself.
 
+use super::common::python_fixtures;
 use hondo::config::{Arch, ModelConfig};
 use hondo::models::Model;
 use hondo::weights::{self, Format, WeightsError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-/// The fixture directory, generated once per script version and cached in cargo's
-/// per-target temporary directory.
+/// The fixture directory, generated once per script version (see [`python_fixtures`]); the
+/// script also gets a path inside it that its malicious pickle must not create.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = repo.join("tests/python/make_weights.py");
-        let source = std::fs::read(&script).expect("read make_weights.py");
-        let mut h = DefaultHasher::new();
-        source.hash(&mut h);
-        let tmp_root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp_root.join(format!("weights-fixtures-{:016x}", h.finish()));
-        if dir.join("done").exists() {
-            return dir;
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix("weights-fixtures-")
-            .tempdir_in(tmp_root)
-            .expect("create a temporary directory");
-        let status = Command::new("python3")
-            .arg(&script)
-            .arg(tmp.path())
-            .arg(dir.join("pwned"))
-            .env("PYTHONPATH", repo.join(".pydeps"))
-            .status()
-            .expect("run python3 (PYTHONPATH=.pydeps) for tests/python/make_weights.py");
-        assert!(status.success(), "make_weights.py failed: {status}");
-        std::fs::write(tmp.path().join("done"), b"").unwrap();
-        let tmp = tmp.keep();
-        // Another test process may have finished first: keep its copy.
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            assert!(
-                dir.join("done").exists(),
-                "could not move fixtures to {}",
-                dir.display()
-            );
-        }
-        dir
+        python_fixtures("make_weights.py", "weights-fixtures", |dir| {
+            vec![dir.join("pwned").into()]
+        })
     })
 }
 
