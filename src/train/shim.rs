@@ -110,6 +110,10 @@ pub fn fused_sgd(
     first_step: bool,
     found_inf: Option<&Tensor>,
 ) -> Result<(), ShimError> {
+    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
+    if params.is_empty() {
+        return Ok(());
+    }
     let n = params.len();
     assert!(grads.len() == n && steps.len() == n && (bufs.len() == n || momentum == 0.0));
     let (p, g, b, s) = (ptrs(params), ptrs(grads), ptrs(bufs), ptrs(steps));
@@ -148,6 +152,10 @@ pub fn fused_adam(
     decoupled: bool,
     found_inf: Option<&Tensor>,
 ) -> Result<(), ShimError> {
+    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
+    if params.is_empty() {
+        return Ok(());
+    }
     let n = params.len();
     assert!(
         [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()]
@@ -190,6 +198,10 @@ pub fn fused_adam(
 
 /// `dst[i] += weight * (src[i] - dst[i])` in one foreach call.
 pub fn foreach_lerp(dst: &[Tensor], src: &[Tensor], weight: f64) -> Result<(), ShimError> {
+    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
+    if dst.is_empty() {
+        return Ok(());
+    }
     assert_eq!(dst.len(), src.len());
     let (d, s) = (ptrs(dst), ptrs(src));
     // SAFETY: as in `fused_sgd`.
@@ -200,6 +212,10 @@ pub fn foreach_lerp(dst: &[Tensor], src: &[Tensor], weight: f64) -> Result<(), S
 
 /// Zeroes every tensor in one foreach call.
 pub fn foreach_zero(ts: &[Tensor]) -> Result<(), ShimError> {
+    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
+    if ts.is_empty() {
+        return Ok(());
+    }
     let t = ptrs(ts);
     // SAFETY: as in `fused_sgd`.
     check("_foreach_zero_", unsafe {
@@ -210,6 +226,10 @@ pub fn foreach_zero(ts: &[Tensor]) -> Result<(), ShimError> {
 /// Scales `grads` in place so that their global L2 norm is at most `max_norm`; returns the
 /// norm before clipping, on the device (no host sync).
 pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor, ShimError> {
+    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
+    if grads.is_empty() {
+        return Ok(Tensor::from(0f32));
+    }
     let g = ptrs(grads);
     let mut total: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: as in `fused_sgd`; on success `total` is a new tensor we now own.
@@ -241,6 +261,10 @@ pub fn amp_unscale(
     found_inf: &Tensor,
     inv_scale: &Tensor,
 ) -> Result<(), ShimError> {
+    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
+    if grads.is_empty() {
+        return Ok(());
+    }
     let g = ptrs(grads);
     // SAFETY: as in `fused_sgd`.
     check("_amp_foreach_non_finite_check_and_unscale_", unsafe {
@@ -296,6 +320,15 @@ mod tests {
         let e = fused_sgd(&p, &g, &[], &s, 0.0, 0.0, 0.1, false, false, None).unwrap_err();
         assert_eq!(e.call, "_fused_sgd_");
         assert!(!e.message.is_empty());
+    }
+
+    #[test]
+    fn empty_lists_are_no_ops() {
+        // A parameter group that is all frozen has no gradients: nothing to do, no error.
+        assert!(foreach_zero(&[]).is_ok());
+        assert!(foreach_lerp(&[], &[], 0.5).is_ok());
+        assert!(fused_sgd(&[], &[], &[], &[], 0.0, 0.9, 0.1, false, false, None).is_ok());
+        assert_eq!(clip_grad_norm(&[], 1.0).unwrap().double_value(&[]), 0.0);
     }
 
     #[test]
