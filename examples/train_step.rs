@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example train_step -- [--arch resnet152] [--batch 8] [--size 224]
 //! [--steps 3] [--warmup 1] [--threads 2] [--classes 1000] [--precision fp32|bf16]
-//! [--channels-last] [--device cpu|cuda]`
+//! [--channels-last] [--device cpu|cuda] [--reference-optimizer]`
 //!
 //! Each step is hondo's own: `Optimizer::zero_grad`, a train-mode forward, cross-entropy,
 //! backward and `Optimizer::step` (SGD, momentum 0.9, weight decay 1e-4 on every
@@ -30,6 +30,7 @@ struct Args {
     precision: Precision,
     channels_last: bool,
     device: Device,
+    fused: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -44,11 +45,16 @@ fn parse() -> Result<Args, String> {
         precision: Precision::Fp32,
         channels_last: false,
         device: Device::Cpu,
+        fused: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--channels-last" {
             a.channels_last = true;
+            continue;
+        }
+        if flag == "--reference-optimizer" {
+            a.fused = false;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -118,6 +124,7 @@ fn main() {
         nesterov: false,
         weight_decay: 1e-4,
         no_decay_bias_and_norm: false,
+        fused: a.fused,
         ..Default::default()
     };
     let mut opt = Optimizer::new(&opt_cfg, param_groups::build(&vs, &opt_cfg));
