@@ -31,8 +31,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let device = DeviceSpec::parse(&a.device)
         .and_then(|d| d.resolve())
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    let files = predict::image_files(&a.inputs)?;
     let restored = checkpoint::restore(&a.checkpoint, device)?;
+    let files = predict::image_files(&a.inputs)?;
     let max_side = restored.config.data.max_image_side;
     let predictions = predict::predict(&restored, &files, a.k, a.batch_size, max_side)?;
     if a.json {
