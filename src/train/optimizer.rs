@@ -90,10 +90,8 @@ impl Optimizer {
     pub fn grads(&self) -> Vec<Tensor> {
         self.groups
             .iter()
-            .flat_map(|g| g.params.iter())
-            .filter(|(_, p)| p.requires_grad())
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
+            .flat_map(live)
+            .map(|(_, _, grad)| grad)
             .collect()
     }
 
@@ -110,14 +108,7 @@ impl Optimizer {
         tch::no_grad(|| {
             for g in &self.groups {
                 let lr = lr * g.lr_scale;
-                for (name, p) in &g.params {
-                    if !p.requires_grad() {
-                        continue;
-                    }
-                    let grad = p.grad();
-                    if !grad.defined() {
-                        continue;
-                    }
+                for (name, p, grad) in live(g) {
                     let state = self
                         .state
                         .entry(name.clone())
@@ -162,14 +153,7 @@ impl Optimizer {
             let mut a = Vec::with_capacity(g.params.len());
             let mut b = Vec::with_capacity(if adam { g.params.len() } else { 0 });
             let mut steps = Vec::with_capacity(g.params.len());
-            for (name, p) in &g.params {
-                if !p.requires_grad() {
-                    continue;
-                }
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
+            for (name, p, grad) in live(g) {
                 let s = self
                     .state
                     .entry(name.clone())
@@ -298,6 +282,17 @@ impl Optimizer {
         self.state = state;
         Ok(())
     }
+}
+
+/// The parameters of a group that take an update: trainable and with a gradient.
+fn live(g: &ParamGroup) -> impl Iterator<Item = (&String, &Tensor, Tensor)> + '_ {
+    g.params
+        .iter()
+        .filter(|(_, p)| p.requires_grad())
+        .filter_map(|(name, p)| {
+            let grad = p.grad();
+            grad.defined().then_some((name, p, grad))
+        })
 }
 
 fn sgd(
