@@ -735,11 +735,11 @@ fn persistent_storage(pid: Value, at: usize) -> Result<StorageRef, PickleError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `SHORT_BINUNICODE`.
-    fn s(out: &mut Vec<u8>, text: &str) {
+    pub(crate) fn s(out: &mut Vec<u8>, text: &str) {
         out.push(0x8c);
         out.push(text.len() as u8);
         out.extend_from_slice(text.as_bytes());

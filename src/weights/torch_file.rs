@@ -336,13 +336,8 @@ fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::pickle::tests::s;
     use std::io::{Cursor, Write};
-
-    fn s(out: &mut Vec<u8>, text: &str) {
-        out.push(0x8c);
-        out.push(text.len() as u8);
-        out.extend_from_slice(text.as_bytes());
-    }
 
     /// `_rebuild_tensor_v2(('storage', torch.FloatStorage, key, 'cpu', numel), offset, size, stride)`.
     fn tensor_pickle(
