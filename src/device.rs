@@ -1,6 +1,88 @@
-//! Device selection: `auto`, `cpu`, `cuda`, `cuda:N`.
+//! Device selection (`auto`, `cpu`, `cuda`, `cuda:N`) and libtorch's CUDA backend, which
+//! is loaded only when a CUDA device may be used.
 
+use std::sync::OnceLock;
 use tch::{Cuda, Device};
+
+/// Whether libtorch's CUDA backend (`libtorch_cuda.so`) is in the process.
+///
+/// hondo links libtorch's CPU library only. Linking `libtorch.so` as well (with
+/// `--no-as-needed`, since nothing references it) would load libtorch_cuda, cuBLAS, cuDNN
+/// and the rest into every process at start: about 235 MiB of resident memory, on machines
+/// without a GPU too. Instead [`cuda_backend`] loads it with `RTLD_GLOBAL` the first time a
+/// device that may be CUDA is resolved, and only when a CUDA driver is installed. Its static
+/// initialisers register the CUDA kernels and hooks with libtorch's dispatcher exactly as
+/// linking it would; it must happen before anything asks libtorch about CUDA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CudaBackend {
+    Loaded,
+    /// No `libcuda.so.1`: no NVIDIA driver, so the backend is not worth its memory.
+    NoDriver,
+    /// The driver is there but `libtorch_cuda.so` would not load: the dlopen errors.
+    Failed(String),
+}
+
+impl std::fmt::Display for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CudaBackend::Loaded => write!(f, "loaded"),
+            CudaBackend::NoDriver => write!(f, "not loaded (no CUDA driver: libcuda.so.1)"),
+            CudaBackend::Failed(e) => write!(f, "failed to load: {e}"),
+        }
+    }
+}
+
+static CUDA_BACKEND: OnceLock<CudaBackend> = OnceLock::new();
+
+/// Loads libtorch's CUDA backend once, if a CUDA driver is installed.
+pub fn cuda_backend() -> &'static CudaBackend {
+    CUDA_BACKEND.get_or_init(|| {
+        // SAFETY: loading the driver library runs no code of ours; the handle is dropped.
+        if unsafe { libloading::Library::new("libcuda.so.1") }.is_err() {
+            return CudaBackend::NoDriver;
+        }
+        load_torch_cuda()
+    })
+}
+
+/// Whether a CUDA device can be used: the backend loaded and libtorch sees a device.
+pub fn cuda_available() -> bool {
+    *cuda_backend() == CudaBackend::Loaded && Cuda::is_available()
+}
+
+/// dlopens `libtorch_cuda.so` from the directory of the `libtorch_cpu.so` this process
+/// runs (so the two always match), else by name (`LD_LIBRARY_PATH`, the rpath), and keeps
+/// it loaded for the life of the process.
+pub fn load_torch_cuda() -> CudaBackend {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    let mut candidates = Vec::new();
+    if let Some(dir) = loaded_libtorch_dir() {
+        candidates.push(dir.join("libtorch_cuda.so"));
+    }
+    candidates.push("libtorch_cuda.so".into());
+    let mut errors = Vec::new();
+    for path in candidates {
+        // SAFETY: libtorch_cuda.so is the CUDA half of the libtorch already loaded; its
+        // initialisers only register kernels and hooks with that libtorch.
+        match unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) } {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                return CudaBackend::Loaded;
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    CudaBackend::Failed(errors.join("; "))
+}
+
+/// The directory of the `libtorch_cpu.so` mapped into this process.
+fn loaded_libtorch_dir() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()))
+}
 
 /// A device as written in configs and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +111,27 @@ impl DeviceSpec {
     /// The libtorch device, or an error when CUDA is asked for and not there.
     pub fn resolve(self) -> Result<Device, String> {
         match self {
-            DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+            DeviceSpec::Auto => Ok(if cuda_available() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            }),
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) => {
-                let count = if Cuda::is_available() {
+                match cuda_backend() {
+                    CudaBackend::Loaded => {}
+                    CudaBackend::NoDriver => {
+                        return Err("CUDA was requested but no CUDA driver is installed \
+                                    (libcuda.so.1 not found): use --device cpu"
+                            .to_string())
+                    }
+                    CudaBackend::Failed(e) => {
+                        return Err(format!(
+                            "CUDA was requested but libtorch's CUDA backend did not load: {e}"
+                        ))
+                    }
+                }
+                let count = if cuda_available() {
                     Cuda::device_count() as usize
                 } else {
                     0
@@ -71,6 +170,8 @@ pub struct Info {
     pub tch: String,
     pub libtorch: String,
     pub libtorch_lib: String,
+    pub cuda_backend: String,
+    pub allocator: String,
     pub cuda_available: bool,
     pub cudnn_available: bool,
     pub cuda_devices: Vec<String>,
@@ -79,14 +180,19 @@ pub struct Info {
 }
 
 pub fn info() -> Info {
-    let cuda = Cuda::is_available();
+    let backend = cuda_backend();
+    let cuda = cuda_available();
     let count = if cuda { Cuda::device_count() } else { 0 };
     let names = cuda_device_names();
     Info {
         hondo: env!("CARGO_PKG_VERSION").into(),
         tch: env!("HONDO_TCH_VERSION").into(),
         libtorch: env!("HONDO_LIBTORCH_VERSION").into(),
-        libtorch_lib: env!("HONDO_LIBTORCH_LIB").into(),
+        libtorch_lib: loaded_libtorch_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| env!("HONDO_LIBTORCH_LIB").into()),
+        cuda_backend: backend.to_string(),
+        allocator: crate::allocator::policy().into(),
         cuda_available: cuda,
         cudnn_available: cuda && Cuda::cudnn_is_available(),
         cuda_devices: (0..count as usize)
@@ -108,6 +214,7 @@ impl std::fmt::Display for Info {
         writeln!(f, "hondo     {}", self.hondo)?;
         writeln!(f, "tch       {}", self.tch)?;
         writeln!(f, "libtorch  {} ({})", self.libtorch, self.libtorch_lib)?;
+        writeln!(f, "backend   libtorch_cuda {}", self.cuda_backend)?;
         writeln!(
             f,
             "cuda      {} ({} device(s))",
@@ -122,7 +229,8 @@ impl std::fmt::Display for Info {
             f,
             "threads   {} intra-op, {} inter-op",
             self.threads, self.interop_threads
-        )
+        )?;
+        writeln!(f, "malloc    {}", self.allocator)
     }
 }
 
@@ -177,6 +285,20 @@ mod tests {
         assert_eq!(DeviceSpec::parse("cuda:3"), Ok(DeviceSpec::Cuda(3)));
         assert!(DeviceSpec::parse("gpu").is_err());
         assert!(DeviceSpec::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn cuda_backend_loads_beside_libtorch_cpu() {
+        // Loading needs no driver: without one CUDA is simply not available afterwards.
+        assert!(loaded_libtorch_dir().is_some(), "libtorch_cpu.so is mapped");
+        assert_eq!(load_torch_cuda(), CudaBackend::Loaded);
+        if unsafe { libloading::Library::new("libcuda.so.1") }.is_err() {
+            assert_eq!(*cuda_backend(), CudaBackend::NoDriver);
+            assert!(!Cuda::is_available());
+            let err = DeviceSpec::Cuda(0).resolve().unwrap_err();
+            assert!(err.contains("no CUDA driver"), "{err}");
+            assert_eq!(DeviceSpec::Auto.resolve(), Ok(Device::Cpu));
+        }
     }
 
     #[test]
