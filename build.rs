@@ -2,8 +2,9 @@
 //!
 //! - rpath to libtorch's `lib/` so binaries and test binaries run without `LD_LIBRARY_PATH`
 //!   (torch-sys declares `links = "tch"` and exports `DEP_TCH_LIBTORCH_LIB`);
-//! - `--no-as-needed -ltorch` so `libtorch.so` (and through it `libtorch_cuda.so`) stays
-//!   NEEDED: with the default `--as-needed` the CUDA backend is dropped and never seen;
+//! - only libtorch's CPU library is NEEDED (the default `--as-needed` drops `libtorch.so` and
+//!   `libtorch_cuda.so`): the CUDA backend costs ~235 MiB of resident memory just loaded,
+//!   so `hondo::device::cuda_backend` dlopens it at run time when a CUDA driver is there;
 //! - compiles `csrc/shim.cpp` (fused optimizer kernels, foreach ops, autocast state: what tch
 //!   does not bind) against the same libtorch headers.
 use std::path::PathBuf;
@@ -24,8 +25,6 @@ fn main() {
     // Resolve the checkout's `.libtorch` link so the rpath names the per-user cache.
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    println!("cargo:rustc-link-arg=-ltorch");
     println!("cargo:rustc-env=HONDO_LIBTORCH_LIB={}", lib.display());
     compile_shim(&lib);
 
@@ -55,6 +54,7 @@ fn main() {
 /// libtorch's two include directories.
 fn compile_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/cpu_allocator.cpp");
     let include = lib
         .parent()
         .map(|d| d.join("include"))
@@ -62,6 +62,7 @@ fn compile_shim(lib: &std::path::Path) {
     cc::Build::new()
         .cpp(true)
         .file("csrc/shim.cpp")
+        .file("csrc/cpu_allocator.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

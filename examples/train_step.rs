@@ -99,6 +99,7 @@ fn status_kib(field: &str) -> u64 {
 }
 
 fn main() {
+    hondo::allocator::install();
     let a = parse().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)

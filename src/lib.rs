@@ -4,6 +4,7 @@
 //! [`config`] reads and validates configs, [`models`] defines the networks, [`data`] reads
 //! and augments images, [`train`] runs the loop, [`checkpoint`] writes and reads run state.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
