@@ -98,11 +98,11 @@ char *hondo_foreach_lerp(at::Tensor **dst, at::Tensor **src, size_t n, double we
   })
 }
 
-// Zeroes every tensor in place.
-char *hondo_foreach_zero(at::Tensor **ts, size_t n) {
+// optimizer.zero_grad(set_to_none=True): drops the gradients, so their memory is free
+// through the next forward and backward writes the new gradient without an add.
+char *hondo_set_grads_to_none(at::Tensor **params, size_t n) {
   GUARD({
-    auto t = list(ts, n);
-    at::_foreach_zero_(t);
+    for (size_t i = 0; i < n; i++) params[i]->mutable_grad().reset();
   })
 }
 

@@ -431,7 +431,8 @@ fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow
             if let Some(ema) = &s.ema {
                 ema.update()?;
             }
-            shim::foreach_zero(&grads)?;
+            drop(grads);
+            s.optimizer.zero_grad()?;
             pos.step += 1;
             pos.batch = b;
             if let Some(p) = pending.last_mut() {

@@ -82,8 +82,15 @@ impl Optimizer {
     }
 
     /// Sets every gradient to zero (one foreach call).
+    /// Drops every gradient (set to none, PyTorch's default): frees their memory until
+    /// the next backward, which then writes gradients instead of adding to zeros.
     pub fn zero_grad(&mut self) -> Result<(), ShimError> {
-        shim::foreach_zero(&self.grads())
+        let params: Vec<Tensor> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(_, p)| p.shallow_clone()))
+            .collect();
+        shim::set_grads_to_none(&params)
     }
 
     /// All gradients that exist, for clipping and checks.

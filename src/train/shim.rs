@@ -44,7 +44,7 @@ mod ffi {
             n: usize,
             weight: f64,
         ) -> *mut c_char;
-        pub fn hondo_foreach_zero(ts: *const *mut C_tensor, n: usize) -> *mut c_char;
+        pub fn hondo_set_grads_to_none(params: *const *mut C_tensor, n: usize) -> *mut c_char;
         pub fn hondo_clip_grad_norm(
             grads: *const *mut C_tensor,
             n: usize,
@@ -210,16 +210,13 @@ pub fn foreach_lerp(dst: &[Tensor], src: &[Tensor], weight: f64) -> Result<(), S
     })
 }
 
-/// Zeroes every tensor in one foreach call.
-pub fn foreach_zero(ts: &[Tensor]) -> Result<(), ShimError> {
-    // libtorch's foreach and fused kernels reject empty lists (a group that is all frozen).
-    if ts.is_empty() {
-        return Ok(());
-    }
-    let t = ptrs(ts);
+/// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`): their memory
+/// is freed now, and the next backward writes fresh gradients instead of adding to zeros.
+pub fn set_grads_to_none(params: &[Tensor]) -> Result<(), ShimError> {
+    let t = ptrs(params);
     // SAFETY: as in `fused_sgd`.
-    check("_foreach_zero_", unsafe {
-        ffi::hondo_foreach_zero(t.as_ptr(), t.len())
+    check("grad reset", unsafe {
+        ffi::hondo_set_grads_to_none(t.as_ptr(), t.len())
     })
 }
 
@@ -325,7 +322,7 @@ mod tests {
     #[test]
     fn empty_lists_are_no_ops() {
         // A parameter group that is all frozen has no gradients: nothing to do, no error.
-        assert!(foreach_zero(&[]).is_ok());
+        assert!(set_grads_to_none(&[]).is_ok());
         assert!(foreach_lerp(&[], &[], 0.5).is_ok());
         assert!(fused_sgd(&[], &[], &[], &[], 0.0, 0.9, 0.1, false, false, None).is_ok());
         assert_eq!(clip_grad_norm(&[], 1.0).unwrap().double_value(&[]), 0.0);
@@ -342,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn clip_and_lerp_and_zero() {
+    fn clip_lerp_and_set_to_none() {
         let g = [Tensor::from_slice(&[3.0f32]), Tensor::from_slice(&[4.0f32])];
         let total = clip_grad_norm(&g, 1.0).unwrap();
         assert!((total.double_value(&[]) - 5.0).abs() < 1e-6);
@@ -350,8 +347,17 @@ mod tests {
         let d = [Tensor::from_slice(&[0.0f32])];
         foreach_lerp(&d, &[Tensor::from_slice(&[1.0f32])], 0.25).unwrap();
         assert!((d[0].double_value(&[0]) - 0.25).abs() < 1e-7);
-        foreach_zero(&g).unwrap();
-        assert_eq!(g[0].double_value(&[0]), 0.0);
+        let w = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        (&w * 3.0).sum(Kind::Float).backward();
+        assert!(w.grad().defined());
+        set_grads_to_none(std::slice::from_ref(&w)).unwrap();
+        assert!(!w.grad().defined());
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert_eq!(
+            w.grad().double_value(&[0]),
+            2.0,
+            "a fresh gradient, not added to 3"
+        );
         let x = Tensor::zeros([1, 3, 2, 2], (Kind::Float, Device::Cpu));
         assert!(!is_channels_last(&x));
         assert!(is_channels_last(
