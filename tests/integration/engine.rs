@@ -499,6 +499,17 @@ fn learns(dir: &Path, extra: &[&str], min_acc: f64) -> Vec<metrics::EpochMetrics
     m
 }
 
+/// Channels-last is the default; the contiguous (NCHW) layout still trains.
+#[test]
+fn contiguous_layout_learns() {
+    let d = tempfile::tempdir().unwrap();
+    learns(
+        d.path(),
+        &["train.device=\"cpu\"", "train.channels_last=false"],
+        0.5,
+    );
+}
+
 #[test]
 fn bf16_autocast_on_cpu_learns() {
     let d = tempfile::tempdir().unwrap();
@@ -607,7 +618,7 @@ fn fp16_with_loss_scaling_learns_and_saves_the_scaler() {
 /// optimizer kernels and EMA on the GPU.
 #[test]
 fn cuda_fp16_channels_last_learns() {
-    if !tch::Cuda::is_available() {
+    if !hondo::device::cuda_available() {
         eprintln!("skipped: no CUDA device");
         return;
     }
