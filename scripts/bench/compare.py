@@ -3,7 +3,8 @@
 For each case, runs examples/train_step.rs (hondo) and scripts/bench/train_step.py
 (PyTorch eager) alternately (A B A B ...), ROUNDS times each, every run a fresh process
 with the same model, batch, image size, optimizer (SGD, momentum 0.9, weight decay 1e-4),
-precision, memory format and thread count on in-memory synthetic data; prints a Markdown
+precision, memory format and thread count on in-memory synthetic data (the `-defaults`
+cases instead run each tool at its own defaults); prints a Markdown
 table: median images/s with min-max, peak RSS, the ratio hondo/PyTorch and, for ResNets,
 hondo's achieved GFLOP/s.
 
@@ -24,16 +25,22 @@ TRAIN_GFLOP_224 = {"resnet18": 6 * 1.81, "resnet50": 6 * 4.09, "resnet152": 6 * 
 
 CASES = {
     "small": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2),
-    "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=1),
-    "resnet50": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1),
-    "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1, precision="bf16"),
-    "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1, channels_last=True),
-    "resnet50-bf16-cl": dict(arch="resnet50", batch=8, size=224, steps=3, warmup=1, precision="bf16", channels_last=True),
+    # Each tool at its defaults: hondo trains channels-last (its default), PyTorch NCHW.
+    "small-defaults": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2,
+                           hondo=dict(channels_last=True)),
+    "resnet50-defaults": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2,
+                              hondo=dict(channels_last=True)),
+    "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2),
+    "resnet50": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2),
+    "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2, precision="bf16"),
+    "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2, channels_last=True),
+    "resnet50-bf16-cl": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2, precision="bf16", channels_last=True),
     "resnet152": dict(arch="resnet152", batch=4, size=224, steps=2, warmup=1),
 }
 
 
-def args_of(case, threads):
+def args_of(case, threads, impl):
+    case = {**case, **case.get(impl, {})}
     a = ["--arch", case["arch"], "--batch", str(case["batch"]), "--size", str(case["size"]),
          "--steps", str(case["steps"]), "--warmup", str(case["warmup"]), "--threads", str(threads),
          "--classes", str(case.get("classes", 1000)), "--precision", case.get("precision", "fp32")]
@@ -64,7 +71,7 @@ def main():
         results = {"hondo": [], "pytorch": []}
         for _ in range(a.rounds):
             for impl, cmd in (("hondo", [a.hondo]), ("pytorch", py)):
-                r = run(cmd + args_of(case, a.threads) + ["--device", a.device])
+                r = run(cmd + args_of(case, a.threads, impl) + ["--device", a.device])
                 results[impl].append(r)
                 print(f"{name} {impl}: {case['batch'] / r['median_step_seconds']:.1f} img/s, "
                       f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)

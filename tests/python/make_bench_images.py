@@ -3,7 +3,7 @@ about 400x300 (sides vary a little), smooth gradients with shapes and mild noise
 files compress like photographs (tens of kB), quality 90. Deterministic; skipped when the
 folder is already complete.
 
-Usage: python3 make_bench_images.py <dir>   (writes <dir>/train/<class>/*.jpg)
+Usage: python3 make_bench_images.py <dir> [per_class=128]   (writes <dir>/train/<class>/*.jpg)
 """
 
 import os
@@ -12,10 +12,10 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES, PER_CLASS = 8, 128
+CLASSES = 8
 
 
-def main(root: str) -> None:
+def main(root: str, per_class: int = 128) -> None:
     train = os.path.join(root, "train")
     done = os.path.join(root, ".complete")
     if os.path.exists(done):
@@ -24,7 +24,7 @@ def main(root: str) -> None:
     for c in range(CLASSES):
         d = os.path.join(train, f"class_{c}")
         os.makedirs(d, exist_ok=True)
-        for i in range(PER_CLASS):
+        for i in range(per_class):
             w, h = int(rng.integers(360, 441)), int(rng.integers(270, 331))
             y, x = np.mgrid[0:h, 0:w].astype(np.float32)
             base = rng.uniform(0, 255, 3)
@@ -43,4 +43,4 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 128)

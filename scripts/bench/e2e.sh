@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# End-to-end training benchmark (issue 7): one epoch from a JPEG image folder, `hondo train`
+# (its loader, its defaults) against PyTorch + torchvision (scripts/bench/train_folder.py:
+# ImageFolder + DataLoader + the same model), RandomResizedCrop 224 + flip, SGD, 2 threads.
+# Every worker count is tried for both; runs alternate hondo / PyTorch; medians of
+# training images/s (loading included; hondo's `images_per_sec` in metrics.jsonl).
+#
+# Usage: scripts/bench/e2e.sh [rounds=3] [archs="small_cnn resnet18"] [workers="1 2"]
+# Env: HONDO_BIN (default: cargo build --release, then target/release/hondo),
+#      HONDO_BENCH_DIR (image cache, default ~/.cache/hondo), TORCH_CHANNELS_LAST=1 (PyTorch
+#      in channels-last too), PYTHON (default python3 with PYTHONPATH=.pydeps when present).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+rounds="${1:-3}"
+archs="${2:-small_cnn resnet18}"
+workers="${3:-1 2}"
+cache="${HONDO_BENCH_DIR:-$HOME/.cache/hondo}"
+if [ -d "$root/.pydeps" ]; then export PYTHONPATH="$root/.pydeps${PYTHONPATH:+:$PYTHONPATH}"; fi
+python="${PYTHON:-python3}"
+if [ -z "${HONDO_BIN:-}" ]; then
+    (cd "$root" && cargo build --release --quiet --bin hondo)
+    HONDO_BIN="${CARGO_TARGET_DIR:-$root/target}/release/hondo"
+fi
+torch_cl=""
+if [ "${TORCH_CHANNELS_LAST:-0}" = 1 ]; then torch_cl="--channels-last"; fi
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+field() { "$python" -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
+
+echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), rounds=$rounds, $(date -u +%FT%TZ)"
+for arch in $archs; do
+    # The small CNN is loader-bound: 2048 images. ResNet-18 is compute-bound: 512 are enough.
+    if [ "$arch" = small_cnn ]; then per_class=256; batch=64; else per_class=64; batch=32; fi
+    dir="$cache/bench-e2e-$per_class"
+    "$python" "$root/tests/python/make_bench_images.py" "$dir" "$per_class"
+    echo "== $arch, batch $batch, $(find "$dir/train" -name '*.jpg' | wc -l) JPEGs in $dir/train"
+    printf '%-8s %-22s %-22s %s\n' workers "hondo img/s (min-max)" "PyTorch img/s (min-max)" ratio
+    best_h=0; best_p=0
+    for w in $workers; do
+        h=""; p=""
+        for r in $(seq "$rounds"); do
+            out="$tmp/$arch-$w-$r"
+            "$HONDO_BIN" train "$root/configs/default.toml" -q --out "$out" \
+                --set model.arch="$arch" --set data.kind=image_folder --set data.root="$dir" \
+                --set data.image_size=224 --set data.val_fraction=0.02 --set data.workers="$w" \
+                --set train.batch_size="$batch" --set train.epochs=1 --set train.device=cpu \
+                --set schedule.warmup_epochs=0 >/dev/null
+            h="$h $(field images_per_sec < "$out/metrics.jsonl")"
+            p="$p $("$python" "$root/scripts/bench/train_folder.py" "$dir/train" --arch "$arch" \
+                --batch "$batch" --workers "$w" $torch_cl | field images_per_sec)"
+        done
+        mh=$(echo "$h" | median); mp=$(echo "$p" | median)
+        range() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%s-%s", lo, hi}'; }
+        printf '%-8s %-22s %-22s %s\n' "$w" "$mh ($(range "$h"))" "$mp ($(range "$p"))" \
+            "$(awk -v a="$mh" -v b="$mp" 'BEGIN {printf "%.2fx", a / b}')"
+        best_h=$(awk -v a="$mh" -v b="$best_h" 'BEGIN {print (a > b ? a : b)}')
+        best_p=$(awk -v a="$mp" -v b="$best_p" 'BEGIN {print (a > b ? a : b)}')
+    done
+    echo "best worker count each: hondo $best_h, PyTorch $best_p img/s: $(awk -v a="$best_h" -v b="$best_p" 'BEGIN {printf "%.2fx", a / b}')"
+done
