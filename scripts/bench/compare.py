@@ -28,13 +28,13 @@ CASES = {
     # Each tool at its defaults: hondo trains channels-last (its default), PyTorch NCHW.
     "small-defaults": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2,
                            hondo=dict(channels_last=True)),
-    "resnet50-defaults": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2,
+    "resnet50-defaults": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2,
                               hondo=dict(channels_last=True)),
     "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2),
-    "resnet50": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2),
-    "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2, precision="bf16"),
-    "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2, channels_last=True),
-    "resnet50-bf16-cl": dict(arch="resnet50", batch=8, size=224, steps=4, warmup=2, precision="bf16", channels_last=True),
+    "resnet50": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2),
+    "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, precision="bf16"),
+    "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, channels_last=True),
+    "resnet50-bf16-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, precision="bf16", channels_last=True),
     "resnet152": dict(arch="resnet152", batch=4, size=224, steps=2, warmup=1),
 }
 
