@@ -13,8 +13,7 @@ runs="${1:-3}"
 workers="${2:-1 2}"
 epochs="${3:-1}"
 dir="${HONDO_BENCH_DIR:-$HOME/.cache/hondo/bench-imagefolder}"
-if [ -d "$root/.pydeps" ]; then export PYTHONPATH="$root/.pydeps${PYTHONPATH:+:$PYTHONPATH}"; fi
-python="${PYTHON:-python3}"
+. "$root/scripts/bench/common.sh"
 
 "$python" "$root/tests/python/make_bench_images.py" "$dir"
 cargo build --release --quiet --example bench_loader
@@ -22,7 +21,6 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 hondo="$target_dir/release/examples/bench_loader"
 
 rate() { sed -n 's/.*images_per_s=\([0-9.]*\).*/\1/p'; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 
 echo "images: $(find "$dir/train" -name '*.jpg' | wc -l) JPEGs in $dir/train; $(nproc) cores; runs=$runs epochs=$epochs"
 printf '%-8s %-14s %-14s %s\n' workers hondo_img/s torchvision_img/s ratio

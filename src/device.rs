@@ -37,12 +37,17 @@ static CUDA_BACKEND: OnceLock<CudaBackend> = OnceLock::new();
 /// Loads libtorch's CUDA backend once, if a CUDA driver is installed.
 pub fn cuda_backend() -> &'static CudaBackend {
     CUDA_BACKEND.get_or_init(|| {
-        // SAFETY: loading the driver library runs no code of ours; the handle is dropped.
-        if unsafe { libloading::Library::new("libcuda.so.1") }.is_err() {
+        if !cuda_driver_installed() {
             return CudaBackend::NoDriver;
         }
         load_torch_cuda()
     })
+}
+
+/// Whether the NVIDIA driver library (`libcuda.so.1`) can be loaded.
+fn cuda_driver_installed() -> bool {
+    // SAFETY: loading the driver library runs no code of ours; the handle is dropped.
+    unsafe { libloading::Library::new("libcuda.so.1") }.is_ok()
 }
 
 /// Whether a CUDA device can be used: the backend loaded and libtorch sees a device.
@@ -292,7 +297,7 @@ mod tests {
         // Loading needs no driver: without one CUDA is simply not available afterwards.
         assert!(loaded_libtorch_dir().is_some(), "libtorch_cpu.so is mapped");
         assert_eq!(load_torch_cuda(), CudaBackend::Loaded);
-        if unsafe { libloading::Library::new("libcuda.so.1") }.is_err() {
+        if !cuda_driver_installed() {
             assert_eq!(*cuda_backend(), CudaBackend::NoDriver);
             assert!(!Cuda::is_available());
             let err = DeviceSpec::Cuda(0).resolve().unwrap_err();

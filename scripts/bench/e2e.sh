@@ -15,8 +15,7 @@ rounds="${1:-3}"
 archs="${2:-small_cnn resnet18}"
 workers="${3:-1 2}"
 cache="${HONDO_BENCH_DIR:-$HOME/.cache/hondo}"
-if [ -d "$root/.pydeps" ]; then export PYTHONPATH="$root/.pydeps${PYTHONPATH:+:$PYTHONPATH}"; fi
-python="${PYTHON:-python3}"
+. "$root/scripts/bench/common.sh"
 if [ -z "${HONDO_BIN:-}" ]; then
     (cd "$root" && cargo build --release --quiet --bin hondo)
     HONDO_BIN="${CARGO_TARGET_DIR:-$root/target}/release/hondo"
@@ -26,7 +25,6 @@ if [ "${TORCH_CHANNELS_LAST:-0}" = 1 ]; then torch_cl="--channels-last"; fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 field() { "$python" -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
 
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), rounds=$rounds, $(date -u +%FT%TZ)"
@@ -54,7 +52,6 @@ for arch in $archs; do
                 --batch "$batch" --workers "$w" $torch_cl | field images_per_sec | xargs printf '%.1f')"
         done
         mh=$(echo "$h" | median); mp=$(echo "$p" | median)
-        range() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%s-%s", lo, hi}'; }
         printf '%-8s %-22s %-22s %s\n' "$w" "$mh ($(range "$h"))" "$mp ($(range "$p"))" \
             "$(awk -v a="$mh" -v b="$mp" 'BEGIN {printf "%.2fx", a / b}')"
         best_h=$(awk -v a="$mh" -v b="$best_h" 'BEGIN {print (a > b ? a : b)}')
