@@ -26,6 +26,28 @@ std::vector<at::Tensor> list(at::Tensor **ts, size_t n) {
   return v;
 }
 
+// The fused CPU optimizer kernels walk param, grad and state as one flat array each, so
+// they need the same strides in all of them, and they begin with a `grad.contiguous()` that
+// copies every channels-last gradient and is never used. Handing them 1-D views of dense
+// tensors skips that copy (ResNet-50 channels-last: ~25M floats a step). Autograd gives a
+// gradient its parameter's strides and hondo creates state buffers like their parameter;
+// a tensor whose strides differ anyway is passed as it is.
+std::vector<std::vector<at::Tensor>> flat_per_param(std::vector<std::vector<at::Tensor>> lists) {
+  auto &params = lists[0];
+  for (size_t i = 0; i < params.size(); i++) {
+    const auto &p = params[i];
+    if (!p.is_cpu() || p.dim() <= 1 || !p.is_non_overlapping_and_dense()) continue;
+    bool same = true;
+    for (size_t l = 1; l < lists.size(); l++) same = same && lists[l][i].strides() == p.strides();
+    if (!same) continue;
+    for (auto &list : lists) {
+      auto &t = list[i];
+      t = t.as_strided({t.numel()}, {1}, t.storage_offset());
+    }
+  }
+  return lists;
+}
+
 std::optional<at::Tensor> maybe(at::Tensor *t) {
   if (t == nullptr) return std::nullopt;
   return *t;
@@ -54,11 +76,11 @@ char *hondo_fused_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs
                       at::Tensor **steps, size_t n, double weight_decay, double momentum,
                       double lr, int nesterov, int first_step, at::Tensor *found_inf) {
   GUARD({
-    auto p = list(params, n);
-    auto g = list(grads, n);
     auto s = list(steps, n);
-    std::vector<at::Tensor> b = momentum != 0.0 ? list(bufs, n) : std::vector<at::Tensor>{};
-    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, 0.0, nesterov != 0, false,
+    auto lists = momentum != 0.0 ? flat_per_param({list(params, n), list(grads, n), list(bufs, n)})
+                                 : flat_per_param({list(params, n), list(grads, n)});
+    std::vector<at::Tensor> b = momentum != 0.0 ? lists[2] : std::vector<at::Tensor>{};
+    at::_fused_sgd_(lists[0], lists[1], b, weight_decay, momentum, lr, 0.0, nesterov != 0, false,
                     first_step != 0, std::nullopt, maybe(found_inf));
     at::_foreach_add_(s, 1.0);
     if (found_inf) at::_foreach_add_(s, *found_inf, -1.0);
@@ -72,10 +94,12 @@ char *hondo_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **exp
                        double beta1, double beta2, double weight_decay, double eps,
                        int decoupled, at::Tensor *found_inf) {
   GUARD({
-    auto p = list(params, n);
-    auto g = list(grads, n);
-    auto m = list(exp_avgs, n);
-    auto v = list(exp_avg_sqs, n);
+    auto lists = flat_per_param(
+        {list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n)});
+    auto &p = lists[0];
+    auto &g = lists[1];
+    auto &m = lists[2];
+    auto &v = lists[3];
     auto s = list(steps, n);
     at::_foreach_add_(s, 1.0);
     if (decoupled) {
