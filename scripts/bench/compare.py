@@ -1,12 +1,13 @@
 """hondo against PyTorch eager on the same libtorch, side by side (issue 7).
 
 For each case, runs examples/train_step.rs (hondo) and scripts/bench/train_step.py
-(PyTorch eager) alternately (A B A B ...), ROUNDS times each, every run a fresh process
+(PyTorch eager) alternately (A B B A A B ...), ROUNDS times each, every run a fresh process
 with the same model, batch, image size, optimizer (SGD, momentum 0.9, weight decay 1e-4),
 precision, memory format and thread count on in-memory synthetic data (the `-defaults`
 cases instead run each tool at its own defaults); prints a Markdown
-table: median images/s with min-max, peak RSS, the ratio hondo/PyTorch and, for ResNets,
-hondo's achieved GFLOP/s.
+table: median images/s with min-max, peak RSS, the ratio of the medians, the median of
+the per-round ratios (each round runs the two tools back to back, A B then B A) and, for
+ResNets, hondo's achieved GFLOP/s.
 
   scripts/bench/compare.sh [--rounds 3] [--cases small,resnet18,...]   (builds, then runs this)
 """
@@ -69,25 +70,32 @@ def main():
     for name in a.cases.split(","):
         case = CASES[name]
         results = {"hondo": [], "pytorch": []}
-        for _ in range(a.rounds):
-            for impl, cmd in (("hondo", [a.hondo]), ("pytorch", py)):
+        for i in range(a.rounds):
+            # A B, then B A: a machine that drifts during the case favours neither tool.
+            order = (("hondo", [a.hondo]), ("pytorch", py))
+            for impl, cmd in order if i % 2 == 0 else order[::-1]:
                 r = run(cmd + args_of(case, a.threads, impl) + ["--device", a.device])
                 results[impl].append(r)
                 print(f"{name} {impl}: {case['batch'] / r['median_step_seconds']:.1f} img/s, "
                       f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
         rows.append((name, case, results))
 
-    print("| case | hondo img/s (min-max) | PyTorch img/s (min-max) | hondo/PyTorch | hondo peak RSS | PyTorch peak RSS | hondo GFLOP/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | hondo img/s (min-max) | PyTorch img/s (min-max) | hondo/PyTorch | paired ratio (min-max) | hondo peak RSS | PyTorch peak RSS | hondo GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, case, results in rows:
         ips = {k: [case["batch"] / r["median_step_seconds"] for r in v] for k, v in results.items()}
         rss = {k: statistics.median(r["peak_rss_mib"] for r in v) for k, v in results.items()}
         med = {k: statistics.median(v) for k, v in ips.items()}
+        # Each round's two runs are neighbours in time: the median of their ratios is the
+        # comparison least moved by the machine's drift.
+        paired = [h / p for h, p in zip(ips["hondo"], ips["pytorch"])]
         gf = TRAIN_GFLOP_224.get(case["arch"])
         gflops = f"{med['hondo'] * gf * (case['size'] / 224) ** 2:.0f}" if gf else "-"
         print(f"| {name} | {med['hondo']:.1f} ({min(ips['hondo']):.1f}-{max(ips['hondo']):.1f}) "
               f"| {med['pytorch']:.1f} ({min(ips['pytorch']):.1f}-{max(ips['pytorch']):.1f}) "
-              f"| {med['hondo'] / med['pytorch']:.2f}x | {rss['hondo']:.0f} MiB | {rss['pytorch']:.0f} MiB | {gflops} |")
+              f"| {med['hondo'] / med['pytorch']:.2f}x "
+              f"| {statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f}) "
+              f"| {rss['hondo']:.0f} MiB | {rss['pytorch']:.0f} MiB | {gflops} |")
 
 
 if __name__ == "__main__":

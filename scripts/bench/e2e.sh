@@ -2,8 +2,9 @@
 # End-to-end training benchmark (issue 7): one epoch from a JPEG image folder, `hondo train`
 # (its loader, its defaults) against PyTorch + torchvision (scripts/bench/train_folder.py:
 # ImageFolder + DataLoader + the same model), RandomResizedCrop 224 + flip, SGD, 2 threads.
-# Every worker count is tried for both; runs alternate hondo / PyTorch; medians of
-# training images/s (loading included; hondo's `images_per_sec` in metrics.jsonl).
+# Every worker count is tried for both; runs alternate hondo / PyTorch (A B, B A, ...);
+# medians of training images/s (loading included; hondo's `images_per_sec` in
+# metrics.jsonl), their ratio, and the median of the per-round ratios.
 #
 # Usage: scripts/bench/e2e.sh [rounds=3] [archs="small_cnn resnet18"] [workers="1 2"]
 # Env: HONDO_BIN (default: cargo build --release, then target/release/hondo),
@@ -36,24 +37,34 @@ for arch in $archs; do
     dir="$cache/bench-e2e-$per_class"
     "$python" "$root/tests/python/make_bench_images.py" "$dir" "$per_class"
     echo "== $arch, batch $batch, $(find "$dir/train" -name '*.jpg' | wc -l) JPEGs in $dir/train"
-    printf '%-8s %-22s %-22s %s\n' workers "hondo img/s (min-max)" "PyTorch img/s (min-max)" ratio
+    printf '%-8s %-22s %-22s %-7s %s\n' workers "hondo img/s (min-max)" "PyTorch img/s (min-max)" \
+        ratio "paired ratio (min-max)"
     best_h=0; best_p=0
     for w in $workers; do
-        h=""; p=""
+        h=""; p=""; q=""
         for r in $(seq "$rounds"); do
             out="$tmp/$arch-$w-$r"
-            "$HONDO_BIN" train "$root/configs/default.toml" -q --out "$out" \
-                --set model.arch="$arch" --set data.kind=image_folder --set data.root="$dir" \
-                --set data.image_size=224 --set data.val_fraction=0.02 --set data.workers="$w" \
-                --set train.batch_size="$batch" --set train.epochs=1 --set train.device=cpu \
-                --set schedule.warmup_epochs=0 >"$out.log" 2>&1 || { cat "$out.log"; exit 1; }
-            h="$h $(field images_per_sec < "$out/metrics.jsonl" | xargs printf '%.1f')"
-            p="$p $("$python" "$root/scripts/bench/train_folder.py" "$dir/train" --arch "$arch" \
-                --batch "$batch" --workers "$w" $torch_cl | field images_per_sec | xargs printf '%.1f')"
+            run_hondo() {
+                "$HONDO_BIN" train "$root/configs/default.toml" -q --out "$out" \
+                    --set model.arch="$arch" --set data.kind=image_folder --set data.root="$dir" \
+                    --set data.image_size=224 --set data.val_fraction=0.02 --set data.workers="$w" \
+                    --set train.batch_size="$batch" --set train.epochs=1 --set train.device=cpu \
+                    --set schedule.warmup_epochs=0 >"$out.log" 2>&1 || { cat "$out.log"; exit 1; }
+                hr="$(field images_per_sec < "$out/metrics.jsonl" | xargs printf '%.1f')"
+            }
+            run_torch() {
+                pr="$("$python" "$root/scripts/bench/train_folder.py" "$dir/train" --arch "$arch" \
+                    --batch "$batch" --workers "$w" $torch_cl | field images_per_sec | xargs printf '%.1f')"
+            }
+            # A B, then B A: a machine that drifts favours neither tool.
+            if [ $((r % 2)) = 1 ]; then run_hondo; run_torch; else run_torch; run_hondo; fi
+            h="$h $hr"; p="$p $pr"
+            q="$q $(awk -v a="$hr" -v b="$pr" 'BEGIN {printf "%.3f", a / b}')"
         done
         mh=$(echo "$h" | median); mp=$(echo "$p" | median)
-        printf '%-8s %-22s %-22s %s\n' "$w" "$mh ($(range "$h"))" "$mp ($(range "$p"))" \
-            "$(awk -v a="$mh" -v b="$mp" 'BEGIN {printf "%.2fx", a / b}')"
+        printf '%-8s %-22s %-22s %-7s %s\n' "$w" "$mh ($(range "$h"))" "$mp ($(range "$p"))" \
+            "$(awk -v a="$mh" -v b="$mp" 'BEGIN {printf "%.2fx", a / b}')" \
+            "$(echo "$q" | median | xargs printf '%.2fx') ($(range "$q"))"
         best_h=$(awk -v a="$mh" -v b="$best_h" 'BEGIN {print (a > b ? a : b)}')
         best_p=$(awk -v a="$mp" -v b="$best_p" 'BEGIN {print (a > b ? a : b)}')
     done
