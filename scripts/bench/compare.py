@@ -32,6 +32,8 @@ CASES = {
     "resnet50-defaults": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2,
                               hondo=dict(channels_last=True)),
     "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2),
+    "resnet18-defaults": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2,
+                              hondo=dict(channels_last=True)),
     "resnet50": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2),
     "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, precision="bf16"),
     "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, channels_last=True),
