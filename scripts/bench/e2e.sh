@@ -59,7 +59,7 @@ for arch in $archs; do
             # A B, then B A: a machine that drifts favours neither tool.
             if [ $((r % 2)) = 1 ]; then run_hondo; run_torch; else run_torch; run_hondo; fi
             h="$h $hr"; p="$p $pr"
-            q="$q $(awk -v a="$hr" -v b="$pr" 'BEGIN {printf "%.3f", a / b}')"
+            q="$q $(awk -v a="$hr" -v b="$pr" 'BEGIN {printf "%.2f", a / b}')"
         done
         mh=$(echo "$h" | median); mp=$(echo "$p" | median)
         printf '%-8s %-22s %-22s %-7s %s\n' "$w" "$mh ($(range "$h"))" "$mp ($(range "$p"))" \
