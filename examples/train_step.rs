@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example train_step -- [--arch resnet152] [--batch 8] [--size 224]
 //! [--steps 3] [--warmup 1] [--threads 2] [--classes 1000] [--precision fp32|bf16]
-//! [--channels-last] [--device cpu|cuda] [--reference-optimizer]`
+//! [--channels-last] [--device cpu|cuda] [--reference-optimizer] [--lr 0.1*batch/256]`
 //!
 //! Each step is hondo's own: `Optimizer::zero_grad`, a train-mode forward, cross-entropy,
 //! backward and `Optimizer::step` (SGD, momentum 0.9, weight decay 1e-4 on every
@@ -31,6 +31,7 @@ struct Args {
     channels_last: bool,
     device: Device,
     fused: bool,
+    lr: Option<f64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -46,6 +47,7 @@ fn parse() -> Result<Args, String> {
         channels_last: false,
         device: Device::Cpu,
         fused: true,
+        lr: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +73,7 @@ fn parse() -> Result<Args, String> {
             "--warmup" => a.warmup = num()? as usize,
             "--threads" => a.threads = num()? as i32,
             "--classes" => a.classes = num()?,
+            "--lr" => a.lr = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?),
             "--device" => {
                 a.device = hondo::device::DeviceSpec::parse(&value).and_then(|d| d.resolve())?
             }
@@ -120,7 +123,10 @@ fn main() {
     }
     let opt_cfg = OptimizerConfig {
         name: OptimizerKind::Sgd,
-        lr: 0.1,
+        // torchvision's recipe (0.1 at batch 256) scaled to the batch: 0.1 itself makes small
+        // batches of random data diverge, and a diverging run fills its gradients with
+        // subnormal floats, whose arithmetic speed differs from that of normal ones.
+        lr: a.lr.unwrap_or(0.1 * a.batch as f64 / 256.0),
         momentum: 0.9,
         nesterov: false,
         weight_decay: 1e-4,
@@ -158,7 +164,7 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
     println!(
-        "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \"precision\": \"{:?}\", \"channels_last\": {}, \
+        "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \"precision\": \"{:?}\", \"channels_last\": {}, \"lr\": {}, \
          \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}}}",
         a.arch.name(),
         a.batch,
@@ -166,6 +172,7 @@ fn main() {
         a.threads,
         a.precision,
         a.channels_last,
+        opt_cfg.lr,
         seconds.iter().map(|s| (s * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
         median,
         start_rss as f64 / 1024.0,

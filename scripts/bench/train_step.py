@@ -3,7 +3,7 @@ scripts/bench/compare.py (issue 7) and scripts/bench_resnet152_memory.sh (issue 
 
 Usage: PYTHONPATH=<repo>/.pydeps python3 scripts/bench/train_step.py [--arch resnet152]
        [--batch 8] [--size 224] [--steps 3] [--warmup 1] [--threads 2] [--classes 1000]
-       [--precision fp32|bf16] [--channels-last]
+       [--precision fp32|bf16] [--channels-last] [--lr 0.1*batch/256]
 
 `--arch small_cnn` builds the twin of hondo's small CNN (same layers and parameter names);
 other names are torchvision's ResNets.
@@ -67,7 +67,11 @@ def main():
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--lr", type=float, default=None, help="default 0.1 * batch / 256")
     a = p.parse_args()
+    # torchvision's recipe (0.1 at batch 256) scaled to the batch, as examples/train_step.rs:
+    # 0.1 itself makes small batches of random data diverge into subnormal gradients.
+    lr = a.lr if a.lr is not None else 0.1 * a.batch / 256
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -78,7 +82,7 @@ def main():
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(device=a.device, memory_format=fmt).train()
     torch.backends.cudnn.benchmark = True
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch, 3, a.size, a.size, device=a.device).contiguous(memory_format=fmt)
     y = torch.randint(a.classes, (a.batch,), device=a.device)
 
@@ -109,6 +113,7 @@ def main():
                 "threads": a.threads,
                 "precision": a.precision,
                 "channels_last": a.channels_last,
+                "lr": lr,
                 "step_seconds": [round(v, 3) for v in seconds],
                 "median_step_seconds": round(s[len(s) // 2], 3),
                 "start_rss_mib": round(start_rss, 1),
