@@ -124,8 +124,8 @@ fn main() {
     let opt_cfg = OptimizerConfig {
         name: OptimizerKind::Sgd,
         // torchvision's recipe (0.1 at batch 256) scaled to the batch: 0.1 itself makes small
-        // batches of random data diverge, and a diverging run fills its gradients with
-        // subnormal floats, whose arithmetic speed differs from that of normal ones.
+        // batches of random data diverge (subnormal gradients, losses that say nothing), and
+        // converging runs let the two tools' losses be compared.
         lr: a.lr.unwrap_or(0.1 * a.batch as f64 / 256.0),
         momentum: 0.9,
         nesterov: false,

@@ -28,6 +28,20 @@ trap 'rm -rf "$tmp"' EXIT
 
 field() { "$python" -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
 
+# One run of each tool for $arch, $batch, $w workers, output in $out: sets hr / pr (img/s).
+run_hondo() {
+    "$HONDO_BIN" train "$root/configs/default.toml" -q --out "$out" \
+        --set model.arch="$arch" --set data.kind=image_folder --set data.root="$dir" \
+        --set data.image_size=224 --set data.val_fraction=0.02 --set data.workers="$w" \
+        --set train.batch_size="$batch" --set train.epochs=1 --set train.device=cpu \
+        --set schedule.warmup_epochs=0 >"$out.log" 2>&1 || { cat "$out.log"; exit 1; }
+    hr="$(field images_per_sec < "$out/metrics.jsonl" | xargs printf '%.1f')"
+}
+run_torch() {
+    pr="$("$python" "$root/scripts/bench/train_folder.py" "$dir/train" --arch "$arch" \
+        --batch "$batch" --workers "$w" $torch_cl | field images_per_sec | xargs printf '%.1f')"
+}
+
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), rounds=$rounds, $(date -u +%FT%TZ)"
 for arch in $archs; do
     # At 224x224 both models are compute-bound (the small CNN's first stage alone is 32
@@ -44,18 +58,6 @@ for arch in $archs; do
         h=""; p=""; q=""
         for r in $(seq "$rounds"); do
             out="$tmp/$arch-$w-$r"
-            run_hondo() {
-                "$HONDO_BIN" train "$root/configs/default.toml" -q --out "$out" \
-                    --set model.arch="$arch" --set data.kind=image_folder --set data.root="$dir" \
-                    --set data.image_size=224 --set data.val_fraction=0.02 --set data.workers="$w" \
-                    --set train.batch_size="$batch" --set train.epochs=1 --set train.device=cpu \
-                    --set schedule.warmup_epochs=0 >"$out.log" 2>&1 || { cat "$out.log"; exit 1; }
-                hr="$(field images_per_sec < "$out/metrics.jsonl" | xargs printf '%.1f')"
-            }
-            run_torch() {
-                pr="$("$python" "$root/scripts/bench/train_folder.py" "$dir/train" --arch "$arch" \
-                    --batch "$batch" --workers "$w" $torch_cl | field images_per_sec | xargs printf '%.1f')"
-            }
             # A B, then B A: a machine that drifts favours neither tool.
             if [ $((r % 2)) = 1 ]; then run_hondo; run_torch; else run_torch; run_hondo; fi
             h="$h $hr"; p="$p $pr"

@@ -70,7 +70,8 @@ def main():
     p.add_argument("--lr", type=float, default=None, help="default 0.1 * batch / 256")
     a = p.parse_args()
     # torchvision's recipe (0.1 at batch 256) scaled to the batch, as examples/train_step.rs:
-    # 0.1 itself makes small batches of random data diverge into subnormal gradients.
+    # 0.1 itself makes small batches of random data diverge (subnormal gradients, losses that
+    # say nothing), and converging runs let the two tools' losses be compared.
     lr = a.lr if a.lr is not None else 0.1 * a.batch / 256
 
     torch.set_num_threads(a.threads)
