@@ -6,7 +6,8 @@
 //!   `libtorch_cuda.so`): the CUDA backend costs ~235 MiB of resident memory just loaded,
 //!   so `hondo::device::cuda_backend` dlopens it at run time when a CUDA driver is there;
 //! - compiles `csrc/shim.cpp` (fused optimizer kernels, foreach ops, autocast state: what tch
-//!   does not bind) against the same libtorch headers.
+//!   does not bind) and `csrc/batch_norm_relu.cpp` (a fused BatchNorm + ReLU) against the same
+//!   libtorch headers.
 use std::path::PathBuf;
 
 fn main() {
@@ -55,6 +56,8 @@ fn main() {
 fn compile_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=csrc/cpu_allocator.cpp");
+    println!("cargo:rerun-if-changed=csrc/batch_norm_relu.cpp");
+    println!("cargo:rerun-if-changed=csrc/guard.h");
     let include = lib
         .parent()
         .map(|d| d.join("include"))
@@ -63,10 +66,23 @@ fn compile_shim(lib: &std::path::Path) {
         .cpp(true)
         .file("csrc/shim.cpp")
         .file("csrc/cpu_allocator.cpp")
+        .file("csrc/batch_norm_relu.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
+        // The fused kernels are hot loops: optimised even in dev and test builds, vectorised
+        // by `omp simd`, and parallel through ATen's inline OpenMP `parallel_for`.
+        .opt_level(3)
+        .flag("-fopenmp")
+        // The same rounding wherever an expression appears: the backward recomputes the
+        // forward's ReLU mask and must get the same signs.
+        .flag("-ffp-contract=off")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
         .compile("hondo_shim");
+    // `-fopenmp` code calls into libgomp: link libtorch's own copy (one OpenMP runtime).
+    println!(
+        "cargo:rustc-link-arg={}",
+        lib.join("libgomp.so.1").display()
+    );
 }

@@ -1,23 +1,15 @@
 // The few libtorch calls tch does not bind: fused optimizer kernels, foreach ops and the
 // autocast state. Tensors arrive as tch passes them (`at::Tensor*`, see torch-sys'
-// torch_api.cpp). Every function catches every C++ exception and returns it as a string
-// allocated with malloc (free it with hondo_free_error); NULL means success.
+// torch_api.cpp); errors come back as in guard.h.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <optional>
 #include <vector>
 
-namespace {
+#include "guard.h"
 
-char *error(const char *what) {
-  char *s = static_cast<char *>(std::malloc(std::strlen(what) + 1));
-  if (s) std::strcpy(s, what);
-  return s;
-}
+namespace {
 
 std::vector<at::Tensor> list(at::Tensor **ts, size_t n) {
   std::vector<at::Tensor> v;
@@ -54,16 +46,6 @@ std::optional<at::Tensor> maybe(at::Tensor *t) {
 }
 
 }  // namespace
-
-#define GUARD(body)                         \
-  try {                                     \
-    body;                                   \
-    return nullptr;                         \
-  } catch (const std::exception &e) {       \
-    return error(e.what());                 \
-  } catch (...) {                           \
-    return error("unknown C++ exception");  \
-  }
 
 extern "C" {
 

@@ -46,7 +46,7 @@ impl SmallCnn {
     pub fn forward_features(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = xs.shallow_clone();
         for (s, (conv, bn)) in self.stages.iter().enumerate() {
-            x = x.apply(conv).apply_t(bn, train).relu();
+            x = bn.forward_relu_t(&x.apply(conv), None, train);
             if s + 1 < STAGES {
                 x = x.max_pool2d_default(2);
             }

@@ -1,7 +1,9 @@
 //! Layers shared by the models, initialised as torchvision does and named as its modules.
 
-use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use crate::train::shim;
+use std::sync::OnceLock;
+use tch::nn::{self, Init, ModuleT};
+use tch::{Device, Kind, Tensor};
 
 /// Convolution without bias, kaiming-normal (fan-out, ReLU) initialised as torchvision's
 /// ResNet: `std = sqrt(2 / (out_channels * k * k))`.
@@ -83,16 +85,75 @@ impl BatchNorm2d {
     fn trains(&self, train: bool) -> bool {
         train && self.weight.requires_grad()
     }
+
+    fn count_batch(&self) {
+        tch::no_grad(|| {
+            let mut n = self.num_batches_tracked.shallow_clone();
+            let _ = n.g_add_scalar_(1);
+        });
+    }
+
+    /// `relu(self(xs) + residual)`, or `relu(self(xs))` without a residual: the ReLU (and
+    /// the add) in place, as torchvision's `ReLU(inplace=True)` and `out += identity`
+    /// (BatchNorm's backward needs its input, not its output).
+    ///
+    /// Training on float32 CPU tensors runs it as one fused op (`csrc/batch_norm_relu.cpp`):
+    /// two passes over memory each way instead of up to six. `HONDO_FUSED_BN=0` turns that off.
+    pub fn forward_relu_t(&self, xs: &Tensor, residual: Option<&Tensor>, train: bool) -> Tensor {
+        if self.trains(train) && fused_enabled() && fusable(xs, residual) {
+            match shim::batch_norm_relu(
+                xs,
+                &self.weight,
+                &self.bias,
+                residual,
+                &self.running_mean,
+                &self.running_var,
+                Self::MOMENTUM,
+                Self::EPS,
+            ) {
+                Ok(out) => {
+                    self.count_batch();
+                    return out;
+                }
+                Err(e) => {
+                    static WARNED: OnceLock<()> = OnceLock::new();
+                    WARNED.get_or_init(|| {
+                        eprintln!("warning: fused BatchNorm + ReLU failed, running it unfused: {e}")
+                    });
+                }
+            }
+        }
+        let mut out = self.forward_t(xs, train);
+        if let Some(r) = residual {
+            let _ = out.g_add_(r);
+        }
+        out.relu_()
+    }
+}
+
+/// Whether the fused BatchNorm + ReLU is on (`HONDO_FUSED_BN=0` turns it off).
+pub fn fused_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HONDO_FUSED_BN").as_deref() != Ok("0"))
+}
+
+/// The fused kernel's domain: 4-D float32 CPU activations with more than one value per
+/// channel (the kernel itself checks the layout: NCHW or channels-last).
+fn fusable(xs: &Tensor, residual: Option<&Tensor>) -> bool {
+    let size = xs.size();
+    xs.device() == Device::Cpu
+        && xs.kind() == Kind::Float
+        && size.len() == 4
+        && size[0] * size[2] * size[3] > 1
+        && (xs.is_contiguous() || shim::is_channels_last(xs))
+        && residual.is_none_or(|r| r.kind() == Kind::Float && r.size() == size)
 }
 
 impl nn::ModuleT for BatchNorm2d {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let train = self.trains(train);
         if train {
-            tch::no_grad(|| {
-                let mut n = self.num_batches_tracked.shallow_clone();
-                let _ = n.g_add_scalar_(1);
-            });
+            self.count_batch();
         }
         Tensor::batch_norm(
             xs,
@@ -105,5 +166,158 @@ impl nn::ModuleT for BatchNorm2d {
             Self::EPS,
             true,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channels_last(t: &Tensor) -> Tensor {
+        t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    }
+
+    /// Largest difference relative to the largest magnitude of `want`.
+    fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+        let scale = want.abs().max().double_value(&[]).max(1e-12);
+        (got - want).abs().max().double_value(&[]) / scale
+    }
+
+    /// One forward and backward of `relu(bn(x) [+ r])`, fused or libtorch's ops; returns the
+    /// output, the gradients of x, weight, bias and r, and the running statistics after.
+    /// With `shared`, the output's gradient is also another leaf's (so the fused backward may
+    /// not overwrite it), and that leaf's gradient comes back too.
+    fn run(fused: bool, cl: bool, with_residual: bool, mean: f64, shared: bool) -> Vec<Tensor> {
+        tch::manual_seed(7);
+        let opts = (Kind::Float, Device::Cpu);
+        let (n, c, h, w) = (3, 5, 6, 7);
+        let mut x = Tensor::randn([n, c, h, w], opts) * 0.5 + mean;
+        let mut r = Tensor::randn([n, c, h, w], opts);
+        if cl {
+            x = channels_last(&x);
+            r = channels_last(&r);
+        }
+        let x = x.set_requires_grad(true);
+        let r = r.set_requires_grad(true);
+        let weight = (Tensor::rand([c], opts) + 0.5).set_requires_grad(true);
+        let bias = (Tensor::randn([c], opts) * 0.3).set_requires_grad(true);
+        let rm = Tensor::randn([c], opts);
+        let rv = Tensor::rand([c], opts) + 1.0;
+        let dy = Tensor::randn([n, c, h, w], opts);
+        let residual = with_residual.then_some(&r);
+        let y = if fused {
+            shim::batch_norm_relu(&x, &weight, &bias, residual, &rm, &rv, 0.1, 1e-5).unwrap()
+        } else {
+            let mut y = Tensor::batch_norm(
+                &x,
+                Some(&weight),
+                Some(&bias),
+                Some(&rm),
+                Some(&rv),
+                true,
+                0.1,
+                1e-5,
+                true,
+            );
+            if let Some(r) = residual {
+                y += r;
+            }
+            y.relu()
+        };
+        let other = Tensor::zeros([n, c, h, w], opts).set_requires_grad(true);
+        let out = if shared {
+            &y + &other
+        } else {
+            y.shallow_clone()
+        };
+        (&out * &dy).sum(Kind::Float).backward();
+        let grad_r = if with_residual {
+            r.grad()
+        } else {
+            r.zeros_like()
+        };
+        if fused {
+            let want = if cl {
+                channels_last(&y)
+            } else {
+                y.contiguous()
+            };
+            assert_eq!(
+                y.stride(),
+                want.stride(),
+                "the output keeps the input's layout"
+            );
+        }
+        let grad_other = if shared { other.grad() } else { dy.copy() };
+        let outputs = [
+            y.detach(),
+            x.grad(),
+            weight.grad(),
+            bias.grad(),
+            grad_r,
+            rm,
+            rv,
+        ];
+        outputs.into_iter().chain([grad_other]).collect()
+    }
+
+    #[test]
+    fn fused_batch_norm_relu_matches_libtorchs_ops_in_both_layouts() {
+        let names = [
+            "output",
+            "d input",
+            "d weight",
+            "d bias",
+            "d residual",
+            "running mean",
+            "running var",
+            "shared gradient",
+        ];
+        for cl in [false, true] {
+            for residual in [false, true] {
+                // A mean 100x the spread checks the statistics lose no precision to it.
+                for (mean, shared) in [(0.0, false), (50.0, false), (0.0, true)] {
+                    let got = run(true, cl, residual, mean, shared);
+                    let want = run(false, cl, residual, mean, shared);
+                    // The backward may reuse a gradient buffer only when nothing else holds it.
+                    assert!(
+                        got[7].equal(&want[7]),
+                        "the shared gradient was overwritten"
+                    );
+                    for ((g, w), name) in got.iter().zip(&want).zip(names) {
+                        let err = rel_err(g, w);
+                        assert!(
+                            err < 1e-4,
+                            "{name} (channels-last {cl}, residual {residual}, mean {mean}, shared {shared}): relative error {err}"
+                        );
+                    }
+                    // Half of the outputs are clamped: the masks must agree, not just the sums.
+                    let zeros = |t: &Tensor| t.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+                    assert_eq!(zeros(&got[0]), zeros(&want[0]));
+                    assert!(zeros(&got[0]) > 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_layer_fuses_only_where_the_kernel_applies_and_counts_batches() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bn = BatchNorm2d::new(vs.root() / "bn", 4);
+        let x = Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu));
+        // A layout the kernel does not take (H and W swapped in memory) runs unfused, same result.
+        let strided = x.transpose(2, 3).contiguous().transpose(2, 3);
+        assert!(!fusable(&strided, None));
+        assert!(fusable(&x, None) && fusable(&channels_last(&x), Some(&x)));
+        assert!(!fusable(&x.to_kind(Kind::BFloat16), None));
+        let a = bn.forward_relu_t(&x, None, true);
+        let b = bn.forward_relu_t(&strided, None, true);
+        assert!(rel_err(&a, &b) < 1e-5);
+        assert_eq!(bn.num_batches_tracked.int64_value(&[]), 2);
+        // Eval mode uses the running statistics and leaves them alone.
+        let before = bn.running_mean.copy();
+        let _ = bn.forward_relu_t(&x, Some(&x), false);
+        assert_eq!(bn.num_batches_tracked.int64_value(&[]), 2);
+        assert!(bn.running_mean.equal(&before));
     }
 }

@@ -60,6 +60,17 @@ mod ffi {
             inv_scale: *mut C_tensor,
         ) -> *mut c_char;
         pub fn hondo_is_channels_last(t: *mut C_tensor) -> c_int;
+        pub fn hondo_batch_norm_relu(
+            input: *mut C_tensor,
+            weight: *mut C_tensor,
+            bias: *mut C_tensor,
+            residual: *mut C_tensor,
+            running_mean: *mut C_tensor,
+            running_var: *mut C_tensor,
+            momentum: f64,
+            eps: f64,
+            out: *mut *mut C_tensor,
+        ) -> *mut c_char;
     }
 }
 
@@ -302,6 +313,40 @@ impl Drop for Autocast {
             eprintln!("warning: {e}");
         }
     }
+}
+
+/// `relu(batch_norm(input) + residual)` (no residual: `relu(batch_norm(input))`) in training
+/// mode as one differentiable op (`csrc/batch_norm_relu.cpp`): float32 CPU tensors, NCHW or
+/// channels-last; updates `running_mean` and `running_var` in place.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_relu(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor, ShimError> {
+    let ptr = |t: &Tensor| t.as_ptr() as *mut C_tensor;
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the pointers are live tch tensors for the duration of the call; on success the
+    // shim stores a new tensor in `out`, which `from_ptr` takes ownership of.
+    check("batch_norm_relu", unsafe {
+        ffi::hondo_batch_norm_relu(
+            ptr(input),
+            ptr(weight),
+            ptr(bias),
+            opt_ptr(residual),
+            ptr(running_mean),
+            ptr(running_var),
+            momentum,
+            eps,
+            &mut out,
+        )
+    })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 #[cfg(test)]

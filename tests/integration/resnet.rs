@@ -114,9 +114,20 @@ fn parity(arch: Arch) {
     let e = max_err(&eval, &io["eval_logits"]);
     assert!(e < 1e-4, "{name}: eval logits differ by {e:e}");
 
+    // Train mode normalises the last stage over 8 values per channel, which amplifies
+    // rounding with depth: fp32 logits are only as good as PyTorch's own, measured against
+    // the float64 forward (ResNet-152: ~3e-3; its NCHW and channels-last kernels differ as
+    // much). hondo's fused BatchNorm + ReLU rounds differently from libtorch's ops, so it is
+    // held to PyTorch's accuracy, not to its exact digits.
     let train = tch::no_grad(|| model.forward_t(x, true));
-    let e = max_err(&train, &io["train_logits"]);
-    assert!(e < 1e-4, "{name}: train-mode logits differ by {e:e}");
+    let exact = &io["train_logits_f64"];
+    let torch_err = max_err(&io["train_logits"], exact);
+    let e = max_err(&train, exact);
+    let bound = (2.0 * torch_err).max(1e-4);
+    assert!(
+        e <= bound,
+        "{name}: train-mode logits are {e:e} from float64, PyTorch's fp32 {torch_err:e}"
+    );
     let vars = vs.variables();
     let mut checked = 0;
     for (key, want) in &io {
@@ -128,10 +139,13 @@ fn parity(arch: Arch) {
             assert_eq!(got.int64_value(&[]), want.int64_value(&[]), "{name}: {var}");
             assert_eq!(got.int64_value(&[]), 1235, "{name}: {var}");
         } else {
-            let e = max_err(got, want);
+            // The running statistics, like the logits, to PyTorch's fp32 accuracy.
+            let exact = &io[&format!("after_f64/{var}")];
+            let torch_err = max_err(want, exact);
+            let e = max_err(got, exact);
             assert!(
-                e < 1e-4,
-                "{name}: {var} differs by {e:e} after a train-mode forward"
+                e <= (2.0 * torch_err).max(1e-4),
+                "{name}: {var} is {e:e} from float64 after a train-mode forward, PyTorch's fp32 {torch_err:e}"
             );
         }
         checked += 1;

@@ -11,8 +11,10 @@ Usage: PYTHONPATH=<repo>/.pydeps python3 tests/python/resnet_parity.py OUTDIR
     the running statistics calibrated on a seeded batch, so eval mode exercises every
     buffer and the logits stay O(1) (exact comparisons at 1e-4 then mean something);
   - `<arch>_io.safetensors`: `input` (2x3x64x64, seeded), `eval_logits` (eval mode),
-    `train_logits` (one train-mode forward from the saved state) and `after/<name>` for
-    every BatchNorm buffer after that forward.
+    `train_logits` (one train-mode forward from the saved state), `train_logits_f64` (the
+    same forward in float64, stored as float32: the reference both fp32 results are measured
+    against), `after/<name>` for every BatchNorm buffer after the fp32 forward and
+    `after_f64/<name>` for the running statistics after the float64 one.
 
 Everything is fp32 on the CPU with torch's default thread count.
 """
@@ -82,9 +84,18 @@ def main():
             io["eval_logits"] = model(x)
             model.train()
             io["train_logits"] = model(x)
+            # Batch statistics over 8 values per channel in the last stage make deep nets'
+            # train-mode logits sensitive to rounding: fp32 ResNet-152 is good to ~3e-3 here.
+            exact = getattr(torchvision.models, arch)(weights=None, num_classes=1000)
+            exact.load_state_dict(state)
+            exact.double().train()
+            io["train_logits_f64"] = exact(x.double()).float()
         for name, t in model.state_dict().items():
             if "running_" in name or name.endswith("num_batches_tracked"):
                 io[f"after/{name}"] = t.contiguous()
+        for name, t in exact.state_dict().items():
+            if "running_" in name:
+                io[f"after_f64/{name}"] = t.float().contiguous()
         save_file(io, os.path.join(out, f"{arch}_io.safetensors"))
 
 

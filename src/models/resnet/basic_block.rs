@@ -40,15 +40,12 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        // In place, as torchvision's `ReLU(inplace=True)` and `out += identity`: BatchNorm's
-        // backward needs its input, not its output, so this saves an activation per op.
-        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
-        let mut out = out.apply(&self.conv2).apply_t(&self.bn2, train);
+        let out = self.bn1.forward_relu_t(&xs.apply(&self.conv1), None, train);
         let identity = match &self.downsample {
             Some(d) => d.forward_t(xs, train),
             None => xs.shallow_clone(),
         };
-        let _ = out.g_add_(&identity);
-        out.relu_()
+        self.bn2
+            .forward_relu_t(&out.apply(&self.conv2), Some(&identity), train)
     }
 }

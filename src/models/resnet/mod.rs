@@ -128,7 +128,7 @@ impl ResNet {
 
     /// Pooled features `[b, 512 * expansion]`.
     pub fn forward_features(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
+        let mut x = self.bn1.forward_relu_t(&xs.apply(&self.conv1), None, train);
         x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for layer in &self.layers {
             for block in layer {
