@@ -1,6 +1,7 @@
 // BatchNorm in training mode (batch statistics) fused with the ReLU after it, and with the
 // residual add before that ReLU where there is one (ResNet's `relu(bn(x) + identity)`): one
-// autograd function with its own CPU kernels, for fp32 tensors in NCHW or channels-last.
+// autograd function with its own CPU kernels, for float32 or bfloat16 (autocast) activations
+// in NCHW or channels-last.
 //
 // libtorch runs these as up to four ops, each a pass over the activation in memory:
 // statistics, normalise, `add_`, `relu_`; and in backward `threshold_backward` before the
@@ -17,6 +18,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -43,8 +46,8 @@ struct Shape {
 
 Shape shape_of(const at::Tensor &x) {
   TORCH_CHECK(x.dim() == 4, "batch_norm_relu: expected a 4-D input, got ", x.dim(), "-D");
-  TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat,
-              "batch_norm_relu: expected a float32 CPU tensor, got ", x.toString());
+  TORCH_CHECK(x.is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "batch_norm_relu: expected a float32 or bfloat16 CPU tensor, got ", x.toString());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   if (x.is_contiguous()) return {N, C, HW, at::MemoryFormat::Contiguous};
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
@@ -151,11 +154,168 @@ std::pair<std::vector<double>, std::vector<double>> sums(const Shape &s, const F
 
 const float *floats(const at::Tensor &t) { return t.const_data_ptr<float>(); }
 
+// Activations are float32, or bfloat16 under CPU autocast (the parameters and statistics stay
+// float32, as in libtorch's mixed-type BatchNorm). bfloat16 values are read and written as
+// their bits, so that the loops vectorise; the arithmetic is float32 throughout.
+inline float load(const float *p, int64_t i) { return p[i]; }
+inline float load(const uint16_t *p, int64_t i) {
+  const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline void store(float *p, int64_t i, float v) { p[i] = v; }
+// Round to nearest even, NaN kept a (quiet) NaN: c10::BFloat16's conversion.
+inline void store(uint16_t *p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+  p[i] = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
+}
+
+template <class T>
+const T *data(const at::Tensor &t) {
+  return static_cast<const T *>(t.const_data_ptr());
+}
+template <class T>
+T *mutable_data(at::Tensor &t) {
+  return static_cast<T *>(t.mutable_data_ptr());
+}
+
 void check_channel_vector(const at::Tensor &t, const char *name, int64_t C) {
   TORCH_CHECK(t.is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == C &&
                   t.is_contiguous(),
               "batch_norm_relu: `", name, "` must be a contiguous float32 CPU vector of ", C,
               " values, got ", t.toString(), " ", t.sizes());
+}
+
+at::Tensor empty_like_layout(const at::Tensor &t, const Shape &s) {
+  return at::empty(t.sizes(), t.options().memory_format(s.format));
+}
+
+// Batch statistics, running-statistics update and the output. Returns `coef` =
+// [mean, invstd, scale, shift] (float32, one row of C each).
+template <class T>
+at::Tensor forward_impl(const Shape &s, const at::Tensor &input, const at::Tensor &weight,
+                        const at::Tensor &bias, const at::Tensor *residual,
+                        at::Tensor &running_mean, at::Tensor &running_var, double momentum,
+                        double eps, at::Tensor &out) {
+  const int64_t C = s.C, M = s.per_channel();
+  // Statistics, shifted by one sample per channel so that a large mean costs no precision.
+  const T *x = data<T>(input);
+  std::vector<float> shift(C);
+  for (int64_t c = 0; c < C; c++) shift[c] = load(x, c * s.inner);
+  const float *k = shift.data();
+  auto [sum, sq] = sums(s, [x, k](int64_t i, int64_t c) {
+    const float d = load(x, i) - k[c];
+    return std::make_pair(d, d * d);
+  });
+
+  auto coef = at::empty({4, C}, weight.options());
+  float *mean = coef.data_ptr<float>(), *invstd = mean + C, *scale = mean + 2 * C,
+        *offset = mean + 3 * C;
+  const float *w = floats(weight), *b = floats(bias);
+  float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
+  for (int64_t c = 0; c < C; c++) {
+    const double d = sum[c] / M, mu = shift[c] + d;
+    const double var = std::max(sq[c] / M - d * d, 0.0);
+    const double is = 1.0 / std::sqrt(var + eps);
+    mean[c] = static_cast<float>(mu);
+    invstd[c] = static_cast<float>(is);
+    scale[c] = static_cast<float>(w[c] * is);
+    offset[c] = static_cast<float>(b[c] - mu * w[c] * is);
+    rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mu);
+    rv[c] = static_cast<float>((1.0 - momentum) * rv[c] +
+                               momentum * var * static_cast<double>(M) / (M - 1));
+  }
+
+  out = empty_like_layout(input, s);
+  T *y = mutable_data<T>(out);
+  const float *a = scale, *o = offset;
+  if (residual) {
+    const T *rp = data<T>(*residual);
+    each(s, [=](int64_t i, int64_t c) {
+      const float v = load(x, i) * a[c] + o[c] + load(rp, i);
+      store(y, i, v < 0.0f ? 0.0f : v);
+    });
+  } else {
+    each(s, [=](int64_t i, int64_t c) {
+      const float v = load(x, i) * a[c] + o[c];
+      store(y, i, v < 0.0f ? 0.0f : v);
+    });
+  }
+  return coef;
+}
+
+// Gradients of input, weight, bias and residual (undefined without one). `saved` is the
+// output with a residual, else the bias (the mask is then recomputed from the input).
+template <class T>
+variable_list backward_impl(const Shape &s, at::Tensor dout, const at::Tensor &input,
+                            const at::Tensor &weight, const at::Tensor &saved,
+                            const at::Tensor &coef, bool has_residual) {
+  const int64_t C = s.C, M = s.per_channel();
+  // A gradient nothing else holds is overwritten elementwise (by the residual gradient, or
+  // else by the input gradient) instead of allocating another activation-sized buffer:
+  // libtorch's unfused ops hold at most two such buffers at once, and so does this.
+  const bool reuse = dout.use_count() == 1 && dout.storage().use_count() == 1;
+  const T *dy = data<T>(dout), *x = data<T>(input);
+  const float *mean = floats(coef), *a = mean + 2 * C, *o = mean + 3 * C;
+  const float *invstd = mean + C;
+
+  // The gradient behind the ReLU: into the residual as it is, and into BatchNorm.
+  at::Tensor dres;
+  std::pair<std::vector<double>, std::vector<double>> sg;
+  if (has_residual) {
+    const T *y = data<T>(saved);
+    dres = reuse ? dout : empty_like_layout(input, s);
+    T *g = mutable_data<T>(dres);
+    sg = sums(s, [=](int64_t i, int64_t c) {
+      const float d = load(dy, i);  // loaded unconditionally, so the loop vectorises
+      const float gi = load(y, i) <= 0.0f ? 0.0f : d;
+      store(g, i, gi);
+      return std::make_pair(gi, gi * (load(x, i) - mean[c]));
+    });
+  } else {
+    sg = sums(s, [=](int64_t i, int64_t c) {
+      const float d = load(dy, i), xi = load(x, i);
+      const float gi = xi * a[c] + o[c] <= 0.0f ? 0.0f : d;
+      return std::make_pair(gi, gi * (xi - mean[c]));
+    });
+  }
+
+  // dbias = sum(g), dweight = sum(g * xhat); dx = k1 * g + k2 * (x - mean) + k3.
+  auto dweight = at::empty({C}, weight.options());
+  auto dbias = at::empty({C}, weight.options());
+  auto k = at::empty({3, C}, weight.options());
+  float *dw = dweight.data_ptr<float>(), *db = dbias.data_ptr<float>();
+  float *k1 = k.data_ptr<float>(), *k2 = k1 + C, *k3 = k1 + 2 * C;
+  const float *w = floats(weight);
+  for (int64_t c = 0; c < C; c++) {
+    const double is = invstd[c], gsum = sg.first[c], gxhat = sg.second[c] * is;
+    dw[c] = static_cast<float>(gxhat);
+    db[c] = static_cast<float>(gsum);
+    const double scale = w[c] * is;
+    k1[c] = static_cast<float>(scale);
+    k2[c] = static_cast<float>(-scale * is * gxhat / M);
+    k3[c] = static_cast<float>(-scale * gsum / M);
+  }
+  if (has_residual) dout.reset();  // read through `dres` from here on
+  auto dinput = reuse && !has_residual ? dout : empty_like_layout(input, s);
+  T *dx = mutable_data<T>(dinput);
+  const float *q1 = k1, *q2 = k2, *q3 = k3;
+  if (has_residual) {
+    const T *g = data<T>(dres);
+    each(s, [=](int64_t i, int64_t c) {
+      store(dx, i, load(g, i) * q1[c] + (load(x, i) - mean[c]) * q2[c] + q3[c]);
+    });
+  } else {
+    each(s, [=](int64_t i, int64_t c) {
+      const float d = load(dy, i), xi = load(x, i);
+      const float gi = xi * a[c] + o[c] <= 0.0f ? 0.0f : d;
+      store(dx, i, gi * q1[c] + (xi - mean[c]) * q2[c] + q3[c]);
+    });
+  }
+  return {dinput, dweight, dbias, dres, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
 }
 
 struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
@@ -166,8 +326,9 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
                             const std::optional<at::Tensor> &residual, at::Tensor running_mean,
                             at::Tensor running_var, double momentum, double eps) {
     const Shape s = shape_of(input);
-    const int64_t C = s.C, M = s.per_channel();
-    TORCH_CHECK(M > 1, "batch_norm_relu: expected more than 1 value per channel when training");
+    const int64_t C = s.C;
+    TORCH_CHECK(s.per_channel() > 1,
+                "batch_norm_relu: expected more than 1 value per channel when training");
     check_channel_vector(weight, "weight", C);
     check_channel_vector(bias, "bias", C);
     check_channel_vector(running_mean, "running_mean", C);
@@ -175,55 +336,19 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
     const bool has_residual = residual.has_value() && residual->defined();
     at::Tensor r;
     if (has_residual) {
-      TORCH_CHECK(residual->sizes() == input.sizes() && residual->scalar_type() == at::kFloat &&
-                      residual->is_cpu(),
+      TORCH_CHECK(residual->sizes() == input.sizes() &&
+                      residual->scalar_type() == input.scalar_type() && residual->is_cpu(),
                   "batch_norm_relu: the residual must match the input's shape and dtype");
       r = residual->contiguous(s.format);
     }
-
-    // Statistics, shifted by one sample per channel so that a large mean costs no precision.
-    const float *x = floats(input);
-    std::vector<float> shift(C);
-    for (int64_t c = 0; c < C; c++) shift[c] = x[c * s.inner];
-    const float *k = shift.data();
-    auto [sum, sq] = sums(s, [x, k](int64_t i, int64_t c) {
-      const float d = x[i] - k[c];
-      return std::make_pair(d, d * d);
-    });
-
-    auto coef = at::empty({4, C}, input.options().memory_format(at::MemoryFormat::Contiguous));
-    float *mean = coef.data_ptr<float>(), *invstd = mean + C, *scale = mean + 2 * C,
-          *offset = mean + 3 * C;
-    const float *w = floats(weight), *b = floats(bias);
-    float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
-    for (int64_t c = 0; c < C; c++) {
-      const double d = sum[c] / M, mu = shift[c] + d;
-      const double var = std::max(sq[c] / M - d * d, 0.0);
-      const double is = 1.0 / std::sqrt(var + eps);
-      mean[c] = static_cast<float>(mu);
-      invstd[c] = static_cast<float>(is);
-      scale[c] = static_cast<float>(w[c] * is);
-      offset[c] = static_cast<float>(b[c] - mu * w[c] * is);
-      rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mu);
-      rv[c] = static_cast<float>((1.0 - momentum) * rv[c] +
-                                 momentum * var * static_cast<double>(M) / (M - 1));
-    }
-
-    auto out = at::empty(input.sizes(), input.options().memory_format(s.format));
-    float *y = out.data_ptr<float>();
-    const float *a = scale, *o = offset;
-    if (has_residual) {
-      const float *rp = floats(r);
-      each(s, [=](int64_t i, int64_t c) {
-        const float v = x[i] * a[c] + o[c] + rp[i];
-        y[i] = v < 0.0f ? 0.0f : v;
-      });
-    } else {
-      each(s, [=](int64_t i, int64_t c) {
-        const float v = x[i] * a[c] + o[c];
-        y[i] = v < 0.0f ? 0.0f : v;
-      });
-    }
+    at::Tensor out;
+    const at::Tensor *rp = has_residual ? &r : nullptr;
+    const auto coef =
+        input.scalar_type() == at::kBFloat16
+            ? forward_impl<uint16_t>(s, input, weight, bias, rp, running_mean, running_var,
+                                     momentum, eps, out)
+            : forward_impl<float>(s, input, weight, bias, rp, running_mean, running_var,
+                                  momentum, eps, out);
     ctx->save_for_backward({input, weight, has_residual ? out : bias, coef});
     ctx->saved_data["residual"] = has_residual;
     return out;
@@ -232,76 +357,17 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
   // `grads` by reference: the engine hands over its only reference, which can then move out.
   static variable_list backward(AutogradContext *ctx, variable_list &grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &weight = saved[1], &coef = saved[3];
+    const at::Tensor &input = saved[0];
     const bool has_residual = ctx->saved_data["residual"].toBool();
     const Shape s = shape_of(input);
-    const int64_t C = s.C, M = s.per_channel();
     at::Tensor dout = std::move(grads[0]);
+    if (dout.scalar_type() != input.scalar_type()) dout = dout.to(input.scalar_type());
     if (!dout.is_contiguous(s.format)) dout = dout.contiguous(s.format);
-    // A gradient nothing else holds is overwritten elementwise (by the residual gradient, or
-    // else by the input gradient) instead of allocating another activation-sized buffer:
-    // libtorch's unfused ops hold at most two such buffers at once, and so does this.
-    const bool reuse = dout.use_count() == 1 && dout.storage().use_count() == 1;
-    const float *dy = floats(dout), *x = floats(input);
-    const float *mean = floats(coef), *invstd = mean + C, *a = mean + 2 * C, *o = mean + 3 * C;
-
-    // The gradient behind the ReLU: into the residual as it is, and into BatchNorm.
-    at::Tensor dres;
-    std::pair<std::vector<double>, std::vector<double>> sg;
-    if (has_residual) {
-      const float *y = floats(saved[2]);
-      dres = reuse ? dout : at::empty(input.sizes(), input.options().memory_format(s.format));
-      float *g = dres.data_ptr<float>();
-      sg = sums(s, [=](int64_t i, int64_t c) {
-        const float d = dy[i];  // loaded unconditionally, so the loop vectorises
-        const float gi = y[i] <= 0.0f ? 0.0f : d;
-        g[i] = gi;
-        return std::make_pair(gi, gi * (x[i] - mean[c]));
-      });
-    } else {
-      sg = sums(s, [=](int64_t i, int64_t c) {
-        const float d = dy[i];
-        const float gi = x[i] * a[c] + o[c] <= 0.0f ? 0.0f : d;
-        return std::make_pair(gi, gi * (x[i] - mean[c]));
-      });
-    }
-
-    // dbias = sum(g), dweight = sum(g * xhat); dx = k1 * g + k2 * (x - mean) + k3.
-    auto dweight = at::empty({C}, weight.options());
-    auto dbias = at::empty({C}, weight.options());
-    auto k = at::empty({3, C}, weight.options());
-    float *dw = dweight.data_ptr<float>(), *db = dbias.data_ptr<float>();
-    float *k1 = k.data_ptr<float>(), *k2 = k1 + C, *k3 = k1 + 2 * C;
-    const float *w = floats(weight);
-    for (int64_t c = 0; c < C; c++) {
-      const double is = invstd[c], gsum = sg.first[c], gxhat = sg.second[c] * is;
-      dw[c] = static_cast<float>(gxhat);
-      db[c] = static_cast<float>(gsum);
-      const double scale = w[c] * is;
-      k1[c] = static_cast<float>(scale);
-      k2[c] = static_cast<float>(-scale * is * gxhat / M);
-      k3[c] = static_cast<float>(-scale * gsum / M);
-    }
-    if (has_residual) dout.reset();  // read through `dres` from here on
-    auto dinput = reuse && !has_residual
-                      ? dout
-                      : at::empty(input.sizes(), input.options().memory_format(s.format));
-    float *dx = dinput.data_ptr<float>();
-    const float *q1 = k1, *q2 = k2, *q3 = k3;
-    if (has_residual) {
-      const float *g = floats(dres);
-      each(s, [=](int64_t i, int64_t c) {
-        dx[i] = g[i] * q1[c] + (x[i] - mean[c]) * q2[c] + q3[c];
-      });
-    } else {
-      each(s, [=](int64_t i, int64_t c) {
-        const float d = dy[i];
-        const float gi = x[i] * a[c] + o[c] <= 0.0f ? 0.0f : d;
-        dx[i] = gi * q1[c] + (x[i] - mean[c]) * q2[c] + q3[c];
-      });
-    }
-    return {dinput, dweight, dbias, dres, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return input.scalar_type() == at::kBFloat16
+               ? backward_impl<uint16_t>(s, std::move(dout), input, saved[1], saved[2],
+                                         saved[3], has_residual)
+               : backward_impl<float>(s, std::move(dout), input, saved[1], saved[2], saved[3],
+                                      has_residual);
   }
 };
 

@@ -17,8 +17,13 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 
 fn main() {
     tch::set_num_threads(2);
-    // Optional filter: `nchw` or `cl`.
-    let only = std::env::args().nth(1);
+    // Optional: a layout filter (`nchw`, `cl` or `all`), then `bf16` for bfloat16 activations
+    // (autocast's; parameters and statistics stay float32).
+    let only = std::env::args().nth(1).filter(|o| o != "all");
+    let kind = match std::env::args().nth(2).as_deref() {
+        Some("bf16") => Kind::BFloat16,
+        _ => Kind::Float,
+    };
     for &(n, c, h) in &[
         (8i64, 64i64, 112i64),
         (8, 256, 56),
@@ -30,7 +35,7 @@ fn main() {
                 continue;
             }
             for res in [false, true] {
-                let mut x = Tensor::randn([n, c, h, h], (Kind::Float, tch::Device::Cpu));
+                let mut x = Tensor::randn([n, c, h, h], (kind, tch::Device::Cpu));
                 if cl {
                     x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
                 }

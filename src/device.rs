@@ -177,6 +177,7 @@ pub struct Info {
     pub libtorch_lib: String,
     pub cuda_backend: String,
     pub allocator: String,
+    pub fused_batch_norm_relu: String,
     pub cuda_available: bool,
     pub cudnn_available: bool,
     pub cuda_devices: Vec<String>,
@@ -198,6 +199,12 @@ pub fn info() -> Info {
             .unwrap_or_else(|| env!("HONDO_LIBTORCH_LIB").into()),
         cuda_backend: backend.to_string(),
         allocator: crate::allocator::policy().into(),
+        fused_batch_norm_relu: if crate::models::layers::fused_enabled() {
+            "on (CPU training: fp32, bf16 channels-last)"
+        } else {
+            "off (HONDO_FUSED_BN=0)"
+        }
+        .into(),
         cuda_available: cuda,
         cudnn_available: cuda && Cuda::cudnn_is_available(),
         cuda_devices: (0..count as usize)
@@ -235,7 +242,8 @@ impl std::fmt::Display for Info {
             "threads   {} intra-op, {} inter-op",
             self.threads, self.interop_threads
         )?;
-        writeln!(f, "malloc    {}", self.allocator)
+        writeln!(f, "malloc    {}", self.allocator)?;
+        writeln!(f, "bn+relu   fused {}", self.fused_batch_norm_relu)
     }
 }
 

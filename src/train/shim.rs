@@ -316,8 +316,9 @@ impl Drop for Autocast {
 }
 
 /// `relu(batch_norm(input) + residual)` (no residual: `relu(batch_norm(input))`) in training
-/// mode as one differentiable op (`csrc/batch_norm_relu.cpp`): float32 CPU tensors, NCHW or
-/// channels-last; updates `running_mean` and `running_var` in place.
+/// mode as one differentiable op (`csrc/batch_norm_relu.cpp`): float32 or bfloat16 CPU
+/// activations, NCHW or channels-last, float32 parameters; updates `running_mean` and
+/// `running_var` in place.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_relu(
     input: &Tensor,

@@ -16,6 +16,20 @@ fn info_prints_versions() {
         .assert()
         .success()
         .stdout(predicate::str::contains("libtorch  2.11.0").and(predicate::str::contains("cuda")));
+    // The fused BatchNorm + ReLU says whether it is on, and the switch turns it off.
+    hondo()
+        .arg("info")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bn+relu   fused on"));
+    hondo()
+        .arg("info")
+        .env("HONDO_FUSED_BN", "0")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "bn+relu   fused off (HONDO_FUSED_BN=0)",
+        ));
 }
 
 #[test]
