@@ -33,11 +33,12 @@ using torch::autograd::variable_list;
 
 // Work below this many values per task is not worth a thread.
 constexpr int64_t kGrain = 32768;
-// Values (per channel) summed in float before the sum moves to a double.
+// Values per channel summed in float before the sum moves to a double: kBlock in a plane
+// (NCHW), kRowBlock rows (channels-last).
 constexpr int64_t kBlock = 512;
 constexpr int64_t kRowBlock = 64;
 
-// A 4-D tensor as `outer` x C x `inner` floats: NCHW is N x C x HW, channels-last NHW x C x 1.
+// A 4-D tensor as `outer` x C x `inner` values: NCHW is N x C x HW, channels-last NHW x C x 1.
 struct Shape {
   int64_t outer, C, inner;
   at::MemoryFormat format;
@@ -152,8 +153,6 @@ std::pair<std::vector<double>, std::vector<double>> sums(const Shape &s, const F
   return {std::move(s1), std::move(s2)};
 }
 
-const float *floats(const at::Tensor &t) { return t.const_data_ptr<float>(); }
-
 // Activations are float32, or bfloat16 under CPU autocast (the parameters and statistics stay
 // float32, as in libtorch's mixed-type BatchNorm). bfloat16 values are read and written as
 // their bits, so that the loops vectorise; the arithmetic is float32 throughout.
@@ -177,6 +176,7 @@ template <class T>
 const T *data(const at::Tensor &t) {
   return static_cast<const T *>(t.const_data_ptr());
 }
+const float *floats(const at::Tensor &t) { return data<float>(t); }
 template <class T>
 T *mutable_data(at::Tensor &t) {
   return static_cast<T *>(t.mutable_data_ptr());
