@@ -1,13 +1,8 @@
 //! The `hondo` binary end to end, in temporary directories.
 
-use super::common::{hondo, write, TINY};
+use super::common::{hondo, no_panic, write, TINY};
 use predicates::prelude::*;
 
-fn no_panic() -> impl Predicate<str> {
-    predicate::str::contains("panicked")
-        .not()
-        .and(predicate::str::contains("RUST_BACKTRACE").not())
-}
 
 #[test]
 fn info_prints_versions() {

@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests.
 
+use predicates::prelude::*;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The built `hondo` binary.
 pub fn hondo() -> assert_cmd::Command {
@@ -88,4 +92,148 @@ pub fn python_fixtures(
         );
     }
     dir
+}
+
+/// No panic message, backtrace or abort text (checked under `RUST_BACKTRACE=1`).
+pub fn no_panic() -> impl Predicate<str> {
+    predicate::str::contains("panicked")
+        .not()
+        .and(predicate::str::contains("RUST_BACKTRACE").not())
+        .and(predicate::str::contains("stack backtrace").not())
+        .and(predicate::str::contains("terminate called").not())
+        .and(predicate::str::contains("Aborted").not())
+}
+
+/// How a bounded run of `hondo` ended.
+#[derive(Debug)]
+pub struct Bounded {
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// Peak resident memory of the process (from `wait4`'s rusage), in MiB.
+    pub peak_rss_mib: u64,
+}
+
+impl Bounded {
+    /// The `error:` lines of stderr.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect()
+    }
+}
+
+/// Runs `hondo ARGS` with `RUST_BACKTRACE=1`, no standard input and `envs`, and kills it
+/// (failing the test as a hang) after `limit`. Peak memory is measured for the child alone.
+pub fn run_bounded(args: &[&std::ffi::OsStr], envs: &[(&str, &str)], limit: Duration) -> Bounded {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("hondo"));
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("spawn hondo");
+    let pid = child.id() as libc::pid_t;
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter for wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut hung = false;
+    loop {
+        // SAFETY: `pid` is our own child, not yet reaped (std's Child is never waited on).
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4 failed: {}", std::io::Error::last_os_error());
+        if started.elapsed() > limit && !hung {
+            hung = true;
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    assert!(
+        !hung,
+        "hondo {args:?} did not finish within {limit:?} (killed)\nstderr:\n{stderr}"
+    );
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else {
+        (None, Some(libc::WTERMSIG(status)))
+    };
+    Bounded {
+        code,
+        signal,
+        stdout,
+        stderr,
+        seconds,
+        peak_rss_mib: usage.ru_maxrss as u64 / 1024,
+    }
+}
+
+/// Asserts that a bounded run refused its input as hondo should: a non-zero exit (not a
+/// signal), exactly one `error:` line, containing every one of `names` (the file, key or
+/// tensor at fault), and no panic, backtrace or abort text.
+pub fn assert_refused(b: &Bounded, names: &[&str]) {
+    assert!(
+        b.signal.is_none(),
+        "ended by signal {:?}\nstderr:\n{}",
+        b.signal,
+        b.stderr
+    );
+    assert_ne!(b.code, Some(0), "exit status 0\nstderr:\n{}", b.stderr);
+    let errors = b.error_lines();
+    assert_eq!(errors.len(), 1, "want one error: line\nstderr:\n{}", b.stderr);
+    for n in names {
+        assert!(
+            errors[0].contains(n),
+            "the error line does not name {n:?}: {}",
+            errors[0]
+        );
+    }
+    assert!(
+        no_panic().eval(&b.stderr) && no_panic().eval(&b.stdout),
+        "panic or abort text\nstderr:\n{}",
+        b.stderr
+    );
+}
+
+/// Every regular file under `dir` with its bytes: compare before and after a failed
+/// command to show that nothing already on disk changed.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.insert(e.path(), std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
 }

@@ -2,7 +2,7 @@
 //! binary; exported files are checked against hondo's own outputs in Rust (tch `CModule`,
 //! `VarStore`) and in PyTorch (tests/python/check_export.py).
 
-use super::common::{hondo, repo, write};
+use super::common::{hondo, no_panic, repo, write};
 use hondo::checkpoint;
 use hondo::config::{Arch, DataConfig, ModelConfig};
 use hondo::data::{shapes, Dataset};
@@ -91,9 +91,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn no_panic() -> impl Predicate<str> {
-    predicate::str::contains("panicked").not()
-}
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])

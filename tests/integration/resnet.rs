@@ -2,7 +2,7 @@
 //! keys and shapes, eval logits and train-mode BatchNorm statistics to 1e-4, gradients,
 //! `zero_init_residual`, frozen BatchNorm; and fine-tuning through the `hondo` binary.
 
-use super::common::{hondo, python_fixtures, write};
+use super::common::{hondo, no_panic, python_fixtures, write};
 use hondo::config::{Arch, ModelConfig, OptimizerConfig};
 use hondo::models::{self, Model};
 use hondo::train::{metrics, optimizer::Optimizer, param_groups};
@@ -293,9 +293,6 @@ fn frozen_batchnorm_keeps_its_statistics_while_the_rest_trains() {
     assert_eq!(vars["bn1.num_batches_tracked"].int64_value(&[]), 1);
 }
 
-fn no_panic() -> impl Predicate<str> {
-    predicate::str::contains("panicked").not()
-}
 
 /// resnet18 on shapes at 32x32, small enough for two CPU cores.
 const SHAPES_RESNET18: &str = r#"
