@@ -1,6 +1,6 @@
 //! Times the fused BatchNorm + ReLU (`csrc/batch_norm_relu.cpp`) against libtorch's unfused
 //! ops, forward and backward, per activation shape and layout.
-use hondo::train::shim;
+use hondo::ops as shim;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 

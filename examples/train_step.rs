@@ -14,7 +14,8 @@
 
 use hondo::config::{Arch, ModelConfig, OptimizerConfig, OptimizerKind, Precision};
 use hondo::models::Model;
-use hondo::train::{amp, optimizer::Optimizer, param_groups, to_channels_last};
+use hondo::ops as amp;
+use hondo::train::{optimizer::Optimizer, param_groups, to_channels_last};
 use std::time::Instant;
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};

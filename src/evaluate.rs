@@ -5,6 +5,7 @@
 //! (`DIR/<class>/<image>`) whose folder names must be classes of the checkpoint.
 
 use crate::checkpoint::Restored;
+use crate::config::Precision;
 use crate::data::image_folder::{self, ImageFolder, UnknownClass};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::normalize::Normalize;
@@ -132,21 +133,40 @@ impl Accumulator {
     }
 }
 
-/// Runs `model` in eval mode over every batch of `loader`.
+/// What one pass over an evaluation set gave.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The counts and metrics.
+    pub report: Report,
+    /// Samples the loader skipped (`data.on_error = "skip"`), with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Runs `model` in eval mode over every batch of `loader`, under autocast at `precision`:
+/// the one validation path of training and of `hondo eval`. `classes` name (possibly only
+/// some of) the model's `num_outputs` outputs.
 pub fn evaluate(
-    model: &crate::models::Model,
+    model: &dyn ModuleT,
     loader: &Loader,
     normalize: &Normalize,
+    precision: Precision,
     classes: &[String],
-) -> anyhow::Result<Report> {
-    let mut acc = Accumulator::new(classes, model.num_classes as usize);
+    num_outputs: usize,
+) -> anyhow::Result<Evaluation> {
+    let mut acc = Accumulator::new(classes, num_outputs);
+    let mut skipped = Vec::new();
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in loader.epoch(0, 0) {
-            let batch = batch?;
+            let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
+            skipped.extend(batch.skipped.iter().map(|e| e.to_string()));
             if batch.labels.size()[0] == 0 {
                 continue;
             }
-            let logits = model.forward_t(&normalize.apply(&batch.images), false);
+            let x = normalize.apply(&batch.images);
+            let logits = {
+                let _autocast = crate::train::amp::autocast(precision, x.device())?;
+                model.forward_t(&x, false)
+            };
             acc.add(&logits.to_kind(Kind::Float), &batch.labels)?;
         }
         Ok(())
@@ -154,7 +174,10 @@ pub fn evaluate(
     if acc.images == 0 {
         anyhow::bail!("the evaluation set is empty");
     }
-    Ok(acc.report())
+    Ok(Evaluation {
+        report: acc.report(),
+        skipped,
+    })
 }
 
 /// What [`run`] evaluates and how.
@@ -204,7 +227,15 @@ pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
         },
     )?;
     let normalize = Normalize::new(meta.mean, meta.std, restored.vs.device(), false);
-    evaluate(&restored.model, &loader, &normalize, &meta.classes)
+    let e = evaluate(
+        restored.model.as_ref(),
+        &loader,
+        &normalize,
+        Precision::Fp32,
+        &meta.classes,
+        meta.num_classes as usize,
+    )?;
+    Ok(e.report)
 }
 
 /// Labelled images in `DIR/<class>/...`, scanned as an image folder's validation split is,

@@ -18,7 +18,6 @@ use crate::checkpoint::{self, atomic, Meta};
 use crate::tensor_io;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 /// Export formats.
@@ -99,13 +98,35 @@ pub fn metadata(meta: &Meta) -> HashMap<String, String> {
     ])
 }
 
-/// Exports the checkpoint at `checkpoint` to `out` as `format` (`input` matters only for
-/// TorchScript). Errors name the file at fault.
+/// Exports the checkpoint of a hondo model at `checkpoint` to `out` as `format` (`input`
+/// matters only for TorchScript). Errors name the file at fault.
 pub fn export(
     checkpoint: &Path,
     out: &Path,
     format: Format,
     input: Input,
+) -> crate::Result<Exported> {
+    export_impl(checkpoint, out, format, input, None).map_err(crate::Error::from)
+}
+
+/// [`export`] for any model: a custom model's checkpoint is rebuilt through `spec` for
+/// TorchScript tracing (`None`: hondo's own architectures).
+pub fn export_with(
+    checkpoint: &Path,
+    out: &Path,
+    format: Format,
+    input: Input,
+    spec: Option<&crate::models::ModelSpec>,
+) -> crate::Result<Exported> {
+    export_impl(checkpoint, out, format, input, spec).map_err(crate::Error::from)
+}
+
+fn export_impl(
+    checkpoint: &Path,
+    out: &Path,
+    format: Format,
+    input: Input,
+    spec: Option<&crate::models::ModelSpec>,
 ) -> anyhow::Result<Exported> {
     let write_err = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", out.display());
     match format {
@@ -132,7 +153,10 @@ pub fn export(
             })
         }
         Format::TorchScript => {
-            let restored = checkpoint::restore(checkpoint, Device::Cpu)?;
+            let restored = match spec {
+                Some(spec) => checkpoint::restore_with(checkpoint, Device::Cpu, spec)?,
+                None => checkpoint::restore(checkpoint, Device::Cpu)?,
+            };
             let tensors = restored.vs.variables().len();
             let meta = restored.meta.clone();
             let module = trace(restored, input)?;

@@ -6,7 +6,7 @@
 //! fonts or font libraries.
 
 use crate::evaluate::Report;
-use crate::train::metrics::{self, EpochMetrics};
+use crate::metrics::{self, EpochMetrics};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::{Path, PathBuf};
@@ -42,11 +42,11 @@ type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 /// Draws `metrics.jsonl` of `run_dir` as `run_dir/training-curves.png`: train and validation
 /// loss, train and validation accuracy, and the learning rate, per epoch. Returns the path.
 pub fn training_curves(run_dir: &Path) -> anyhow::Result<PathBuf> {
-    let epochs = metrics::read(&run_dir.join("metrics.jsonl"))?;
+    let epochs = metrics::read(&run_dir.join(metrics::METRICS_FILE))?;
     if epochs.is_empty() {
         anyhow::bail!(
             "{}: no finished epoch to plot",
-            run_dir.join("metrics.jsonl").display()
+            run_dir.join(metrics::METRICS_FILE).display()
         );
     }
     let out = run_dir.join(TRAINING_CURVES);

@@ -11,7 +11,6 @@ use crate::data::{seed, SampleError};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
 /// Reads an image file (at most `max_side` pixels a side) and applies the eval `transform`:
@@ -81,6 +80,40 @@ pub fn class_name(classes: &[String], i: usize) -> String {
     classes.get(i).cloned().unwrap_or_else(|| format!("#{i}"))
 }
 
+/// The top-`k` classes of images already in memory: `images` is `uint8 [b, h, w, 3]` RGB
+/// (as the eval transform gives; `h = w = image_size`), normalised here with the
+/// checkpoint's mean and std. One list per image, most probable first.
+pub fn classify(
+    restored: &Restored,
+    images: &Tensor,
+    k: usize,
+) -> anyhow::Result<Vec<Vec<ClassProb>>> {
+    let meta = &restored.meta;
+    let device = restored.vs.device();
+    let normalize = Normalize::new(meta.mean, meta.std, device, false);
+    let k = k.clamp(1, meta.num_classes.max(1) as usize);
+    let b = images.size().first().copied().unwrap_or(0) as usize;
+    let probs = tch::no_grad(|| {
+        restored
+            .model
+            .forward_t(&normalize.apply(images), false)
+            .softmax(-1, Kind::Float)
+    });
+    let (p, i) = probs.topk(k as i64, -1, true, true);
+    let p = Vec::<f32>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
+    let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).flatten(0, -1))?;
+    Ok((0..b)
+        .map(|n| {
+            (0..k)
+                .map(|j| ClassProb {
+                    class: class_name(&meta.classes, i[n * k + j] as usize),
+                    probability: p[n * k + j] as f64,
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// Classifies `files` with a restored checkpoint, `batch_size` images at a time (decoded in
 /// parallel); the first unreadable file stops it with an error naming the file.
 pub fn predict(
@@ -91,10 +124,7 @@ pub fn predict(
     max_side: u32,
 ) -> anyhow::Result<Vec<Prediction>> {
     let meta = &restored.meta;
-    let device = restored.vs.device();
     let transform = Transform::center(meta.image_size, meta.crop_fraction);
-    let normalize = Normalize::new(meta.mean, meta.std, device, false);
-    let k = k.clamp(1, meta.num_classes as usize);
     let size = meta.image_size as i64;
     let mut out = Vec::with_capacity(files.len());
     for chunk in files.chunks(batch_size.max(1)) {
@@ -104,22 +134,8 @@ pub fn predict(
             .collect::<Result<Vec<_>, _>>()?;
         let pixels = images.concat();
         let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, size, size, 3]);
-        let probs = tch::no_grad(|| {
-            restored
-                .model
-                .forward_t(&normalize.apply(&x), false)
-                .softmax(-1, Kind::Float)
-        });
-        let (p, i) = probs.topk(k as i64, -1, true, true);
-        let p = Vec::<f32>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
-        let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).flatten(0, -1))?;
-        for (n, file) in chunk.iter().enumerate() {
-            let top = (0..k)
-                .map(|j| ClassProb {
-                    class: class_name(&meta.classes, i[n * k + j] as usize),
-                    probability: p[n * k + j] as f64,
-                })
-                .collect();
+        let ranked = classify(restored, &x, k)?;
+        for (file, top) in chunk.iter().zip(ranked) {
             out.push(Prediction {
                 file: file.clone(),
                 top,

@@ -76,6 +76,15 @@ pub enum CheckpointError {
     TooNew(PathBuf, u32),
     #[error("{0}: {1}")]
     Tensors(PathBuf, tensor_io::TensorIoError),
+    /// The checkpoint holds another model than the one asked for.
+    #[error("{}: the checkpoint is a {found} but the model is {expected}", path.display())]
+    OtherModel {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The architecture it records, and the one asked for.
+        found: String,
+        expected: String,
+    },
 }
 
 /// Serialises a checkpoint without EMA weights.
@@ -223,22 +232,75 @@ pub fn list_kept(dir: &Path, monitor: &str) -> Vec<(usize, f64)> {
 
 /// A model rebuilt from a checkpoint: its variables hold the checkpoint's tensors exactly.
 pub struct Restored {
+    /// The variables.
     pub vs: tch::nn::VarStore,
-    pub model: crate::models::Model,
+    /// The network over them (in eval mode use `forward_t(x, false)`).
+    pub model: Box<dyn tch::nn::ModuleT>,
+    /// The checkpoint's metadata.
     pub meta: Meta,
+    /// The run's effective configuration, as the checkpoint embeds it.
     pub config: crate::config::Config,
 }
 
-/// Rebuilds the model a checkpoint was written from, on `device`.
-pub fn restore(path: &Path, device: tch::Device) -> anyhow::Result<Restored> {
+impl std::fmt::Debug for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restored")
+            .field("arch", &self.meta.arch)
+            .field("num_classes", &self.meta.num_classes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rebuilds the hondo model a checkpoint was written from, on `device`.
+pub fn restore(path: &Path, device: tch::Device) -> crate::Result<Restored> {
+    restore_impl(path, device, None).map_err(crate::Error::from)
+}
+
+/// Rebuilds a checkpoint of a custom model (see [`crate::models::ModelSpec::custom`]) on
+/// `device`; the checkpoint must record `spec`'s name.
+pub fn restore_with(
+    path: &Path,
+    device: tch::Device,
+    spec: &crate::models::ModelSpec,
+) -> crate::Result<Restored> {
+    restore_impl(path, device, Some(spec)).map_err(crate::Error::from)
+}
+
+fn restore_impl(
+    path: &Path,
+    device: tch::Device,
+    spec: Option<&crate::models::ModelSpec>,
+) -> anyhow::Result<Restored> {
     let ckpt = read(path)?;
     let config = crate::config::load_str(
         &ckpt.meta.config,
         &format!("{} (embedded config)", path.display()),
         &[],
     )?;
+    let spec = match spec {
+        Some(s) => s.clone(),
+        None => {
+            if crate::config::Arch::from_name(&ckpt.meta.arch).is_none() {
+                anyhow::bail!(
+                    "{}: the checkpoint is of a custom model `{}`, which this program cannot build \
+                     (library users: checkpoint::restore_with)",
+                    path.display(),
+                    ckpt.meta.arch
+                );
+            }
+            crate::models::ModelSpec::builtin(&config.model)
+        }
+    };
+    if spec.name() != ckpt.meta.arch {
+        return Err(CheckpointError::OtherModel {
+            path: path.into(),
+            found: ckpt.meta.arch.clone(),
+            expected: spec.name().to_string(),
+        }
+        .into());
+    }
     let vs = tch::nn::VarStore::new(device);
-    let model = crate::models::Model::new(&vs.root(), &config.model, ckpt.meta.num_classes);
+    let model = spec.build(&vs.root(), ckpt.meta.num_classes);
     copy_exact(&vs, &ckpt.model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(Restored {
         vs,

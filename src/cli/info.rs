@@ -10,7 +10,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let info = hondo::device::info();
+    let info = hondo::info::info();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {

@@ -2,6 +2,7 @@
 //! library call.
 
 mod config;
+mod console;
 mod eval;
 mod export;
 mod info;

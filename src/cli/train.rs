@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use hondo::config::{self, Override};
-use hondo::train::{self, signals::StopSignal, Outcome, TrainOptions};
+use super::console::Console;
+use hondo::observe::{MetricsLog, TrainingCurves};
+use hondo::train::{signals::StopSignal, Outcome, Trainer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,14 +60,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let cfg = config::load(&path, &overrides)?;
     let stop = StopSignal::install().context("installing signal handlers")?;
-    let summary = train::run(TrainOptions {
-        config: cfg,
-        out: a.out,
-        overwrite: a.overwrite,
-        resume: a.resume,
-        quiet: a.quiet,
-        stop,
-    })?;
+    let console = Console::new(a.quiet, cfg.train.log_every);
+    let mut trainer = Trainer::new(cfg)
+        .stop_signal(stop)
+        .observer(console)
+        .observer(MetricsLog)
+        .observer(TrainingCurves)
+        .overwrite(a.overwrite);
+    if let Some(out) = a.out {
+        trainer = trainer.out(out);
+    }
+    if let Some(dir) = a.resume {
+        trainer = trainer.resume(dir);
+    }
+    let summary = trainer.run()?;
 
     let best = summary
         .best
@@ -93,8 +101,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Outcome::EarlyStopped => "stopped early",
         Outcome::Interrupted(_) => "interrupted",
     };
+    let resume = match summary.outcome {
+        Outcome::Interrupted(_) => format!(
+            "; resume with: hondo train --resume {}",
+            summary.run_dir.display()
+        ),
+        _ => String::new(),
+    };
     eprintln!(
-        "{what}: {} epochs in {:.1}s; {best}{last}; run directory {}",
+        "{what}: {} epochs in {:.1}s; {best}{last}; run directory {}{resume}",
         summary.epochs_done,
         summary.seconds,
         summary.run_dir.display()

@@ -128,6 +128,18 @@ pub enum DataKind {
     Cifar10,
 }
 
+impl DataKind {
+    /// The name used in configs: `shapes`, `image_folder`, `mnist`, `cifar10`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataKind::Shapes => "shapes",
+            DataKind::ImageFolder => "image_folder",
+            DataKind::Mnist => "mnist",
+            DataKind::Cifar10 => "cifar10",
+        }
+    }
+}
+
 /// What the loader does with an unreadable image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -358,6 +370,17 @@ pub enum Precision {
     Fp32,
     Bf16,
     Fp16,
+}
+
+impl Precision {
+    /// The name used in configs: `fp32`, `bf16`, `fp16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
 }
 
 /// `[train]`

@@ -252,7 +252,7 @@ pub fn split(listing: Listing, fraction: f64, seed: u64) -> (Listing, Listing) {
         let take = ((n as f64 * fraction).round() as usize)
             .max(1)
             .min(n.saturating_sub(1));
-        members.shuffle(&mut seed::rng(&[seed, 0x5b17_5eed, label as u64]));
+        members.shuffle(&mut seed::rng(&[seed, seed::tag::SPLIT, label as u64]));
         for &i in &members[..take] {
             held_out[i] = true;
         }

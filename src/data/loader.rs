@@ -81,7 +81,7 @@ impl Loader {
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.opts.shuffle {
-            order.shuffle(&mut seed::rng(&[self.opts.seed, 0x0541_7f1e, epoch as u64]));
+            order.shuffle(&mut seed::rng(&[self.opts.seed, seed::tag::SHUFFLE, epoch as u64]));
         }
         order
     }
@@ -135,7 +135,7 @@ fn make_batch(
             .map(|&i| {
                 dataset.get(
                     i,
-                    &mut seed::rng(&[opts.seed, 0xda7a, epoch as u64, i as u64]),
+                    &mut seed::rng(&[opts.seed, seed::tag::AUGMENT, epoch as u64, i as u64]),
                 )
             })
             .collect()

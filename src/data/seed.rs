@@ -5,6 +5,23 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// The purpose words of hondo's random streams: each stream is `combine(&[seed, TAG, ...])`,
+/// so two purposes never share draws. Changing a value changes every run's random choices.
+pub mod tag {
+    /// The model's initial weights.
+    pub const MODEL_INIT: u64 = 0x1417;
+    /// libtorch's generator before each training step (dropout): `[seed, STEP, step, batch]`.
+    pub const STEP: u64 = 0x57e9;
+    /// Mixup / CutMix draws of a step: `[seed, MIXING, step, batch]`.
+    pub const MIXING: u64 = 0x31c5;
+    /// The order of an epoch's samples: `[seed, SHUFFLE, epoch]`.
+    pub const SHUFFLE: u64 = 0x0541_7f1e;
+    /// A sample's augmentation: `[seed, AUGMENT, epoch, index]`.
+    pub const AUGMENT: u64 = 0xda7a;
+    /// The train/validation split of an image folder: `[seed, SPLIT, label]`.
+    pub const SPLIT: u64 = 0x5b17_5eed;
+}
+
 /// SplitMix64 finaliser: a cheap, well-mixed hash of one word.
 pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -1,6 +1,6 @@
 //! Layers shared by the models, initialised as torchvision does and named as its modules.
 
-use crate::train::shim;
+use crate::shim;
 use std::sync::OnceLock;
 use tch::nn::{self, Init, ModuleT};
 use tch::{Device, Kind, Tensor};

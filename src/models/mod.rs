@@ -3,6 +3,9 @@
 pub mod cnn;
 pub mod layers;
 pub mod resnet;
+mod spec;
+
+pub use spec::ModelSpec;
 
 use crate::config::{Arch, ModelConfig};
 use tch::nn::{self, ModuleT};
@@ -90,13 +93,20 @@ impl ModuleT for Model {
     }
 }
 
-/// Fails when two variables were created under one name (tch silently renames the second
-/// to `name__N`, which would break checkpoint compatibility).
-pub fn assert_unique_names(vs: &nn::VarStore) {
-    let dup: Vec<String> = vs
+/// An error when two variables were created under one name (tch silently renames the
+/// second to `name__N`, which would break checkpoint compatibility).
+pub fn check_unique_names(vs: &nn::VarStore) -> Result<(), String> {
+    let mut dup: Vec<String> = vs
         .variables()
         .into_keys()
         .filter(|k| k.contains("__"))
         .collect();
-    assert!(dup.is_empty(), "duplicate variable names: {dup:?}");
+    dup.sort();
+    if dup.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the model creates variables under one name twice (tch renamed them {dup:?}): give each layer its own path"
+        ))
+    }
 }

@@ -4,7 +4,7 @@
 //! infinite gradients is skipped on the device, and the scale halves after such a step and
 //! doubles after 2000 clean ones. The scaler's state is saved in checkpoints.
 
-use super::shim::{self, Autocast, ShimError};
+use crate::shim::{self, Autocast, ShimError};
 use crate::config::Precision;
 use tch::{Device, Kind, Tensor};
 
@@ -17,7 +17,8 @@ pub fn autocast_kind(p: Precision) -> Option<Kind> {
     }
 }
 
-/// Autocast on `device` while the guard lives, or nothing for fp32.
+/// Autocast at `p`'s dtype on `device` while the returned guard lives (`torch.autocast`);
+/// `None` for fp32.
 pub fn autocast(p: Precision, device: Device) -> Result<Option<Autocast>, ShimError> {
     autocast_kind(p)
         .map(|k| Autocast::new(device, k))

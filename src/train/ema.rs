@@ -3,15 +3,14 @@
 //! optimizer step, buffers (BatchNorm running statistics) included, as timm's `ModelEmaV2`.
 //! It is evaluated each epoch beside the model and saved under `ema/<name>`.
 
-use super::shim::{self, ShimError};
-use crate::config::ModelConfig;
-use crate::models::Model;
-use tch::nn::VarStore;
+use crate::shim::{self, ShimError};
+use crate::models::ModelSpec;
+use tch::nn::{ModuleT, VarStore};
 use tch::Tensor;
 
-pub struct Ema {
+pub(crate) struct Ema {
     pub vs: VarStore,
-    pub model: Model,
+    pub model: Box<dyn ModuleT>,
     decay: f64,
     /// (average, source) pairs of floating-point tensors, in one order.
     dst: Vec<Tensor>,
@@ -20,9 +19,9 @@ pub struct Ema {
 
 impl Ema {
     /// A copy of `vs`'s model (same names and layout), starting at its current weights.
-    pub fn new(vs: &VarStore, cfg: &ModelConfig, num_classes: i64, decay: f64) -> Ema {
+    pub fn new(vs: &VarStore, spec: &ModelSpec, num_classes: i64, decay: f64) -> Ema {
         let ema_vs = VarStore::new(vs.device());
-        let model = Model::new(&ema_vs.root(), cfg, num_classes);
+        let model = spec.build(&ema_vs.root(), num_classes);
         let mut ema = Ema {
             vs: ema_vs,
             model,

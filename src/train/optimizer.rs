@@ -10,7 +10,7 @@
 //! a per-tensor reference in tch ops (`optimizer.fused = false`), kept to test the fused
 //! path against.
 
-use super::shim::{self, ShimError};
+use crate::shim::{self, ShimError};
 use crate::config::{OptimizerConfig, OptimizerKind};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};

@@ -6,7 +6,8 @@ use super::common::{repo, write, TINY};
 use hondo::checkpoint;
 use hondo::config::{OptimizerConfig, OptimizerKind};
 use hondo::train::optimizer::{Optimizer, ParamGroup};
-use hondo::train::{self, metrics};
+use hondo::metrics;
+use hondo::train;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -642,7 +643,7 @@ fn channels_last_weights_have_channels_last_strides() {
     train::to_channels_last(&vs);
     for (n, t) in vs.variables() {
         if t.dim() == 4 {
-            assert!(train::shim::is_channels_last(&t), "{n}: {:?}", t.stride());
+            assert!(hondo::ops::is_channels_last(&t), "{n}: {:?}", t.stride());
         }
     }
 }

@@ -5,7 +5,8 @@
 use super::common::{hondo, no_panic, python_fixtures, write};
 use hondo::config::{Arch, ModelConfig, OptimizerConfig};
 use hondo::models::{self, Model};
-use hondo::train::{metrics, optimizer::Optimizer, param_groups};
+use hondo::metrics;
+use hondo::train::{optimizer::Optimizer, param_groups};
 use hondo::weights;
 use predicates::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +37,7 @@ fn build(arch: Arch, num_classes: i64, zero_init_residual: bool) -> (VarStore, M
         ..Default::default()
     };
     let model = Model::new(&vs.root(), &cfg, num_classes);
-    models::assert_unique_names(&vs);
+    models::check_unique_names(&vs).unwrap();
     (vs, model)
 }
 

@@ -4,7 +4,9 @@
 use super::common::TINY;
 use hondo::checkpoint;
 use hondo::config::{load_str, Config, Override};
-use hondo::train::{self, metrics, signals::StopSignal, Outcome, TrainOptions};
+use hondo::metrics;
+use hondo::observe::MetricsLog;
+use hondo::train::{self, Outcome, Trainer};
 use std::path::Path;
 
 fn config(extra: &[&str]) -> Config {
@@ -17,15 +19,9 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn train_into(dir: &Path, cfg: Config, resume: bool) -> train::Summary {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    train::run(TrainOptions {
-        config: cfg,
-        out: (!resume).then(|| dir.to_path_buf()),
-        overwrite: false,
-        resume: resume.then(|| dir.to_path_buf()),
-        quiet: true,
-        stop: StopSignal::none(),
-    })
-    .unwrap()
+    let t = Trainer::new(cfg).observer(MetricsLog);
+    let t = if resume { t.resume(dir) } else { t.out(dir) };
+    t.run().unwrap()
 }
 
 #[test]

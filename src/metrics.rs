@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
+/// The file in a run directory that holds one line of [`EpochMetrics`] per epoch.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {

@@ -1,0 +1,143 @@
+//! The errors hondo's public functions return: one enum whose variants are what a caller
+//! matches on. Each message names the file, key or tensor at fault.
+
+use crate::checkpoint::CheckpointError;
+use crate::config::ConfigError;
+use crate::weights::WeightsError;
+use std::path::PathBuf;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. Match on [`Error::root`] to see through added context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot be read, or is invalid (every problem is listed).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A data file or folder cannot be read or is not what it should be.
+    #[error("{}: {reason}", path.display())]
+    Data {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A weights file cannot be read, or does not fit the model (tensor and shapes named).
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A checkpoint cannot be read, or is of another model than the one asked for.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The loss became NaN or infinite (`train.on_nonfinite = "stop"`).
+    #[error(
+        "loss is {loss} at step {step} (epoch {epoch}, batch {batch}): stopping; the last good \
+         checkpoint in {} is kept (lower optimizer.lr, or set train.on_nonfinite = \"skip\")",
+        run_dir.display()
+    )]
+    Diverged {
+        /// The non-finite loss.
+        loss: f64,
+        /// The optimizer step (1-based), the epoch (1-based) and the batch in it (1-based).
+        step: usize,
+        epoch: usize,
+        batch: usize,
+        /// The run directory whose checkpoints are kept.
+        run_dir: PathBuf,
+    },
+    /// A stop signal (Ctrl-C, SIGTERM) arrived where no resumable state could be written.
+    #[error("interrupted by {}", if *exit_code == 130 { "SIGINT" } else { "SIGTERM" })]
+    Interrupted {
+        /// The exit status the signal asks for (130 or 143).
+        exit_code: i32,
+    },
+    /// The device asked for is not there (no CUDA driver, no such GPU).
+    #[error("{0}")]
+    Device(String),
+    /// An observer failed; the run stopped.
+    #[error("{what} observer: {source}")]
+    Observer {
+        /// The callback that failed.
+        what: &'static str,
+        /// Its error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A typed error with context: `message` is the whole chain, `source` the typed cause.
+    #[error("{message}")]
+    Context {
+        /// The full message, outermost context first.
+        message: String,
+        /// The typed error underneath.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Anything else (an I/O failure writing a run, a libtorch error), with its context.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The innermost typed error, through any [`Error::Context`].
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.root(),
+            e => e,
+        }
+    }
+
+    /// The exit status a command-line tool should use: the signal's for
+    /// [`Error::Interrupted`], 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self.root() {
+            Error::Interrupted { exit_code } => *exit_code,
+            _ => 1,
+        }
+    }
+}
+
+// Internal code chains context with anyhow; public functions convert at the boundary.
+#[doc(hidden)]
+impl From<anyhow::Error> for Error {
+    /// Keeps the typed cause (and the whole message) of an internal error chain.
+    fn from(e: anyhow::Error) -> Error {
+        let message = format!("{e:#}");
+        let typed = match e.downcast::<Error>() {
+            Ok(t) => Some(t),
+            Err(e) => match e.downcast::<CheckpointError>() {
+                Ok(t) => Some(Error::Checkpoint(t)),
+                Err(e) => match e.downcast::<WeightsError>() {
+                    Ok(t) => Some(Error::Weights(t)),
+                    Err(e) => e.downcast::<ConfigError>().ok().map(Error::Config),
+                },
+            },
+        };
+        match typed {
+            Some(t) if t.to_string() == message => t,
+            Some(t) => Error::Context {
+                message,
+                source: Box::new(t),
+            },
+            None => Error::Other(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn typed_causes_survive_context() {
+        let inner: anyhow::Result<()> = Err(Error::Device("no GPU".into()).into());
+        let e: Error = inner.context("train.device").unwrap_err().into();
+        assert_eq!(e.to_string(), "train.device: no GPU");
+        assert!(matches!(e.root(), Error::Device(m) if m == "no GPU"));
+        let bare: Error = anyhow::Error::from(Error::Interrupted { exit_code: 143 }).into();
+        assert!(matches!(bare, Error::Interrupted { exit_code: 143 }));
+        assert_eq!(bare.exit_code(), 143);
+        let other: Error = anyhow::anyhow!("disk full").context("writing x").into();
+        assert!(matches!(&other, Error::Other(m) if m == "writing x: disk full"));
+    }
+}

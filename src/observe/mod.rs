@@ -1,0 +1,200 @@
+//! Watching a run: the trainer reports everything it does through [`Observer`], and prints
+//! nothing itself.
+//!
+//! The `hondo` binary's progress bar and log lines are one observer; [`MetricsLog`]
+//! (`metrics.jsonl`) and [`TrainingCurves`] (`training-curves.png`) are others, and a
+//! library user adds their own (a TensorBoard writer, a web hook, an early-stopping rule
+//! of their own) the same way, with [`crate::train::Trainer::observer`].
+//!
+//! Every method has a default that does nothing, so an observer implements only what it
+//! needs. A method that returns an error stops the run with
+//! [`crate::Error::Observer`], except [`Observer::run_ended`]: the run is over by then, so
+//! its errors reach the other observers as warnings instead.
+//!
+//! ```
+//! use hondo::observe::{EpochEnd, Observer, ObserverResult};
+//!
+//! /// Collects validation accuracy per epoch.
+//! #[derive(Default)]
+//! struct Accuracies(Vec<f64>);
+//!
+//! impl Observer for Accuracies {
+//!     fn epoch_ended(&mut self, end: &EpochEnd<'_>) -> ObserverResult {
+//!         self.0.push(end.metrics.val_acc);
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+mod curves;
+mod metrics_log;
+
+pub use curves::TrainingCurves;
+pub use metrics_log::MetricsLog;
+
+use crate::metrics::EpochMetrics;
+use std::path::Path;
+
+/// What an observer method returns; an error stops the run (see the module docs).
+pub type ObserverResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the trainer built, reported once before the first step.
+#[derive(Debug, Clone)]
+pub struct RunInfo<'a> {
+    /// The run directory (checkpoints, `config.toml`, metrics).
+    pub run_dir: &'a Path,
+    /// The model's name as checkpoints record it (`resnet50`, or a custom model's name).
+    pub model: &'a str,
+    /// The dataset kind (`shapes`, `image_folder`, ...).
+    pub data: &'a str,
+    /// Class names in label order.
+    pub classes: &'a [String],
+    /// Images in the training and validation sets.
+    pub train_images: usize,
+    pub val_images: usize,
+    /// Epochs in the run, and optimizer steps per epoch.
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    /// The device, as `cpu` or `cuda:N`.
+    pub device: String,
+    /// `fp32`, `bf16` or `fp16`.
+    pub precision: &'static str,
+    pub channels_last: bool,
+    /// The epoch (0-based) and batch a resumed run continues from; `None` for a new run.
+    pub resumed_at: Option<(usize, usize)>,
+}
+
+/// The start of an epoch's training.
+#[derive(Debug, Clone, Copy)]
+pub struct EpochStart {
+    /// 0-based epoch, and the run's number of epochs.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Batches in the epoch, and how many of them a resumed run has already done.
+    pub batches: usize,
+    pub done: usize,
+}
+
+/// After an optimizer step, as often as the device's numbers are read back
+/// (`train.sync_every`; every step on the CPU).
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Optimizer steps done in the run (1-based), and the step's last batch in the epoch
+    /// (1-based).
+    pub step: usize,
+    pub batch: usize,
+    /// Running mean loss and accuracy of the epoch so far.
+    pub loss: f64,
+    pub acc: f64,
+    /// The base group's learning rate of this step.
+    pub lr: f64,
+    /// Training images per second in the epoch so far (loading included).
+    pub images_per_sec: f64,
+}
+
+/// The end of an epoch: its metrics, after validation and after its checkpoints were
+/// written.
+#[derive(Debug, Clone)]
+pub struct EpochEnd<'a> {
+    pub metrics: &'a EpochMetrics,
+    /// The run's number of epochs.
+    pub epochs: usize,
+    /// Whether this epoch is the best so far by `checkpoint.monitor`.
+    pub is_best: bool,
+    /// The run directory.
+    pub run_dir: &'a Path,
+}
+
+/// Which checkpoint a write was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// `last.safetensors`: the resumable state.
+    Last,
+    /// `best.safetensors`.
+    Best,
+    /// `epoch-NNNN.safetensors`, one of the top-k.
+    Epoch(usize),
+}
+
+/// Callbacks of a training run. See the module docs.
+#[allow(unused_variables)]
+pub trait Observer {
+    /// Once, after everything is built and before the first step.
+    fn run_started(&mut self, run: &RunInfo<'_>) -> ObserverResult {
+        Ok(())
+    }
+    /// At the start of each epoch's training.
+    fn epoch_started(&mut self, start: &EpochStart) -> ObserverResult {
+        Ok(())
+    }
+    /// After optimizer steps, when their numbers have been read back from the device.
+    fn step(&mut self, step: &StepReport) -> ObserverResult {
+        Ok(())
+    }
+    /// After each epoch's validation and checkpoints.
+    fn epoch_ended(&mut self, end: &EpochEnd<'_>) -> ObserverResult {
+        Ok(())
+    }
+    /// After a checkpoint file was written (atomically).
+    fn checkpoint_written(&mut self, path: &Path, kind: CheckpointKind) -> ObserverResult {
+        Ok(())
+    }
+    /// A line of information (frozen layers, pretrained weights loaded, unfreezing, early
+    /// stopping, interruption).
+    fn message(&mut self, text: &str) -> ObserverResult {
+        Ok(())
+    }
+    /// Something the user should know that did not stop the run (a skipped file, a skipped
+    /// non-finite step, an observer's failure at the end).
+    fn warning(&mut self, text: &str) -> ObserverResult {
+        Ok(())
+    }
+    /// Once, when the run is over (finished, stopped early or interrupted). Errors here
+    /// become warnings to the other observers.
+    fn run_ended(&mut self, run_dir: &Path) -> ObserverResult {
+        Ok(())
+    }
+}
+
+/// The observers of one run, called in order.
+#[derive(Default)]
+pub(crate) struct Observers(pub(crate) Vec<Box<dyn Observer>>);
+
+impl Observers {
+    /// Calls `f` on every observer; the first error stops the run.
+    pub(crate) fn each(
+        &mut self,
+        what: &'static str,
+        mut f: impl FnMut(&mut dyn Observer) -> ObserverResult,
+    ) -> crate::Result<()> {
+        for o in &mut self.0 {
+            f(o.as_mut()).map_err(|source| crate::Error::Observer { what, source })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn message(&mut self, text: &str) -> crate::Result<()> {
+        self.each("message", |o| o.message(text))
+    }
+
+    pub(crate) fn warning(&mut self, text: &str) -> crate::Result<()> {
+        self.each("warning", |o| o.warning(text))
+    }
+
+    /// Ends the run for every observer; failures are passed on as warnings.
+    pub(crate) fn run_ended(&mut self, run_dir: &Path) {
+        let mut failures = Vec::new();
+        for o in &mut self.0 {
+            if let Err(e) = o.run_ended(run_dir) {
+                failures.push(e.to_string());
+            }
+        }
+        for f in failures {
+            for o in &mut self.0 {
+                let _ = o.warning(&f);
+            }
+        }
+    }
+}

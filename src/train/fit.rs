@@ -1,0 +1,177 @@
+//! The epoch loop: unfreezing, an epoch of steps, validation (of the model and of its
+//! EMA), the checkpoint policy, early stopping and stop signals.
+
+use super::checkpoints::{apply_actions, save_last};
+use super::session::{Position, Session};
+use super::step::{train_epoch, EpochEnd as Trained};
+use super::{param_groups, Outcome, Summary};
+use crate::checkpoint::{self, policy};
+use crate::evaluate::{evaluate, Evaluation};
+use crate::metrics::EpochMetrics;
+use crate::observe::EpochEnd;
+use crate::train::signals::StopSignal;
+use std::time::Instant;
+
+/// Trains `s` from `pos` to the end (or an early stop, or a signal).
+pub(super) fn fit(
+    mut s: Session,
+    mut pos: Position,
+    stop: &StopSignal,
+    started: Instant,
+) -> anyhow::Result<Summary> {
+    let cfg = s.cfg.clone();
+    let monitor = cfg.checkpoint.monitor.clone();
+    let mut last = None;
+    let mut outcome = Outcome::Finished;
+    while pos.epoch < cfg.train.epochs {
+        let epoch = pos.epoch;
+        if cfg.model.unfreeze_at_epoch > 0
+            && epoch + 1 >= cfg.model.unfreeze_at_epoch
+            && !cfg.model.freeze.is_empty()
+        {
+            let n = param_groups::apply_freeze(&s.vs, &[]);
+            debug_assert_eq!(n, 0);
+            if epoch + 1 == cfg.model.unfreeze_at_epoch && pos.batch == 0 {
+                s.observers.message(&format!(
+                    "epoch {}: unfreezing {:?}",
+                    epoch + 1,
+                    cfg.model.freeze
+                ))?;
+            }
+        }
+        let t0 = Instant::now();
+        let (train_stats, skipped_train, images) = match train_epoch(&mut s, &mut pos, stop)? {
+            Trained::Done {
+                stats,
+                skipped,
+                images,
+            } => (stats, skipped, images),
+            Trained::Interrupted(code) => {
+                save_last(&mut s, &pos)?;
+                s.observers.message(&format!(
+                    "interrupted at epoch {} batch {}: checkpoint written to {}\nresume with: hondo train --resume {}",
+                    epoch + 1,
+                    pos.batch,
+                    s.run_dir.join(checkpoint::LAST).display(),
+                    s.run_dir.display()
+                ))?;
+                outcome = Outcome::Interrupted(code);
+                break;
+            }
+        };
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let val = validate(&mut s, false)?;
+        let ema = if s.ema.is_some() {
+            Some(validate(&mut s, true)?)
+        } else {
+            None
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            step: pos.step,
+            train_loss: train_stats.loss(),
+            train_acc: train_stats.acc(),
+            val_loss: val.report.loss,
+            val_acc: val.report.top1,
+            lr: cfg.optimizer.lr * s.schedule.factor(pos.step.saturating_sub(1)),
+            images_per_sec: images as f64 / train_seconds,
+            seconds: t0.elapsed().as_secs_f64(),
+            skipped: skipped_train + val.skipped.len(),
+            val_loss_ema: ema.as_ref().map(|e| e.report.loss),
+            val_acc_ema: ema.as_ref().map(|e| e.report.top1),
+        };
+        let value = m.get(&monitor).expect("validated monitor");
+        let kept = checkpoint::list_kept(&s.run_dir, &monitor);
+        let actions = policy::plan(
+            epoch + 1,
+            value,
+            cfg.checkpoint.mode,
+            pos.best.map(|b| b.0),
+            &kept,
+            cfg.checkpoint.keep_top_k,
+        );
+        let is_best = actions.contains(&policy::Action::Best);
+        if is_best {
+            pos.best = Some((value, epoch + 1));
+            pos.without_improvement = 0;
+        } else {
+            pos.without_improvement += 1;
+        }
+        pos.epoch += 1;
+        pos.batch = 0;
+        pos.metrics = [
+            ("val_acc", Some(m.val_acc)),
+            ("val_loss", Some(m.val_loss)),
+            ("train_acc", Some(m.train_acc)),
+            ("train_loss", Some(m.train_loss)),
+            ("val_acc_ema", m.val_acc_ema),
+            ("val_loss_ema", m.val_loss_ema),
+        ]
+        .into_iter()
+        // JSON has no NaN: a metric that is not finite (all steps skipped) is left out.
+        .filter_map(|(k, v)| Some((k.to_string(), v.filter(|v| v.is_finite())?)))
+        .collect();
+        apply_actions(&mut s, &pos, &actions)?;
+        let end = EpochEnd {
+            metrics: &m,
+            epochs: cfg.train.epochs,
+            is_best,
+            run_dir: &s.run_dir,
+        };
+        let observers = &mut s.observers;
+        observers.each("epoch_ended", |o| o.epoch_ended(&end))?;
+        last = Some(m);
+        if cfg.train.early_stop_patience > 0
+            && pos.without_improvement >= cfg.train.early_stop_patience
+        {
+            s.observers.message(&format!(
+                "early stopping: {monitor} has not improved for {} epochs",
+                pos.without_improvement
+            ))?;
+            outcome = Outcome::EarlyStopped;
+            break;
+        }
+        if let Some(code) = stop.pending() {
+            s.observers.message(&format!(
+                "interrupted after epoch {}: resume with: hondo train --resume {}",
+                epoch + 1,
+                s.run_dir.display()
+            ))?;
+            outcome = Outcome::Interrupted(code);
+            break;
+        }
+    }
+    s.observers.run_ended(&s.run_dir);
+    Ok(Summary {
+        run_dir: s.run_dir.clone(),
+        outcome,
+        epochs_done: pos.epoch,
+        last,
+        best: pos.best,
+        monitor,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Validates the model (or its EMA) with [`crate::evaluate::evaluate`], passing skipped
+/// files on as warnings.
+fn validate(s: &mut Session, ema: bool) -> anyhow::Result<Evaluation> {
+    let model = match (&s.ema, ema) {
+        (Some(e), true) => e.model.as_ref(),
+        _ => s.model.as_ref(),
+    };
+    let e = evaluate(
+        model,
+        &s.val,
+        &s.normalize,
+        s.cfg.train.precision,
+        &s.classes,
+        s.num_classes as usize,
+    )?;
+    if !ema {
+        for w in &e.skipped {
+            s.observers.warning(&format!("skipped {w}"))?;
+        }
+    }
+    Ok(e)
+}

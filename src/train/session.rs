@@ -1,0 +1,310 @@
+//! Assembling a run: everything the config names (device, data, model, pretrained weights,
+//! optimizer, schedule, EMA, loss scaling, run directory), restored from a checkpoint when
+//! resuming. Nothing is written before all of it is built.
+
+use super::amp::{self, Scaler};
+use super::ema::Ema;
+use super::optimizer::Optimizer;
+use super::param_groups;
+use super::schedule::Schedule;
+use super::Trainer;
+use crate::checkpoint::{self, atomic};
+use crate::config::{Config, Precision};
+use crate::data::loader::{Loader, LoaderOptions};
+use crate::data::normalize::Normalize;
+use crate::data::{self, seed};
+use crate::device::{self, DeviceSpec};
+use crate::models::{self, ModelSpec};
+use crate::observe::Observers;
+use anyhow::{bail, Context};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::nn::{ModuleT, VarStore};
+use tch::Device;
+
+use super::mix::Mixing;
+
+/// Position and history that a checkpoint carries forward.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Position {
+    pub epoch: usize,
+    pub batch: usize,
+    pub step: usize,
+    pub best: Option<(f64, usize)>,
+    pub without_improvement: usize,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Everything a run needs, built from the config.
+pub(super) struct Session {
+    pub cfg: Config,
+    pub spec: ModelSpec,
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub vs: VarStore,
+    pub model: Box<dyn ModuleT>,
+    pub num_classes: i64,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    pub train: Loader,
+    pub val: Loader,
+    pub normalize: Normalize,
+    pub classes: Vec<String>,
+    pub steps_per_epoch: usize,
+    pub observers: Observers,
+    /// The weights' moving average (`train.ema_decay` > 0).
+    pub ema: Option<Ema>,
+    /// fp16 loss scaling.
+    pub scaler: Option<Scaler>,
+    pub mixing: Mixing,
+    /// Optimizer steps between reads of the device's numbers.
+    pub sync_every: usize,
+}
+
+/// Builds the run `t` describes.
+pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
+    let cfg = t.config.clone();
+    let spec = t
+        .model
+        .clone()
+        .unwrap_or_else(|| ModelSpec::builtin(&cfg.model));
+    spec.check_name().map_err(anyhow::Error::msg)?;
+    if cfg.train.threads > 0 {
+        tch::set_num_threads(cfg.train.threads as i32);
+    }
+    let device = DeviceSpec::parse(&cfg.train.device)
+        .and_then(|d| d.resolve())
+        .map_err(|e| crate::Error::Device(format!("train.device: {e}")))?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+
+    // Resume: the checkpoint must exist and be readable before anything is written.
+    let resume = match &t.resume {
+        Some(dir) => {
+            let path = dir.join(checkpoint::LAST);
+            if !path.is_file() {
+                bail!(
+                    "{} is not a hondo run directory: {} not found",
+                    dir.display(),
+                    path.display()
+                );
+            }
+            Some(checkpoint::read(&path)?)
+        }
+        None => None,
+    };
+
+    let splits = data::build(&cfg.data)?;
+    let classes = splits.train.classes().to_vec();
+    if splits.val.classes() != classes.as_slice() {
+        bail!(
+            "the validation classes {:?} differ from the training classes {:?}",
+            splits.val.classes(),
+            classes
+        );
+    }
+    if splits.train.is_empty() || splits.val.is_empty() {
+        bail!("the training or validation set is empty");
+    }
+    let num_classes = match cfg.model.num_classes {
+        0 => classes.len(),
+        n if n < classes.len() => bail!(
+            "model.num_classes = {n} but the data has {} classes",
+            classes.len()
+        ),
+        n => n,
+    } as i64;
+
+    tch::manual_seed(seed::combine(&[cfg.train.seed, seed::tag::MODEL_INIT]) as i64 & i64::MAX);
+    let vs = VarStore::new(device);
+    let model = spec.build(&vs.root(), num_classes);
+    models::check_unique_names(&vs).map_err(anyhow::Error::msg)?;
+
+    let mut observers = std::mem::take(&mut t.observers);
+    if !cfg.model.pretrained.is_empty() && resume.is_none() {
+        let line = load_pretrained(&vs, &spec, num_classes, &cfg)?;
+        observers.message(&line)?;
+    }
+    if cfg.train.channels_last {
+        to_channels_last(&vs);
+    }
+
+    let mut pos = Position::default();
+    if let Some(ckpt) = &resume {
+        if ckpt.meta.arch != spec.name() {
+            return Err(crate::Error::Checkpoint(checkpoint::CheckpointError::OtherModel {
+                path: t.resume.as_deref().unwrap_or(Path::new("")).join(checkpoint::LAST),
+                found: ckpt.meta.arch.clone(),
+                expected: spec.name().to_string(),
+            })
+            .into());
+        }
+        checkpoint::copy_exact(&vs, &ckpt.model).context("loading the checkpoint's weights")?;
+        pos = Position {
+            epoch: ckpt.meta.epoch,
+            batch: ckpt.meta.batch,
+            step: ckpt.meta.step,
+            best: ckpt.meta.best,
+            without_improvement: ckpt.meta.epochs_without_improvement,
+            metrics: ckpt.meta.metrics.clone(),
+        };
+    }
+    let frozen = param_groups::apply_freeze(&vs, &cfg.model.freeze);
+    let unmatched = param_groups::unmatched_prefixes(&vs, &cfg.model.freeze);
+    if !unmatched.is_empty() {
+        bail!(
+            "model.freeze: {:?} match no parameter of {}",
+            unmatched,
+            spec.name()
+        );
+    }
+    if frozen > 0 {
+        observers.message(&format!(
+            "frozen: {frozen} tensors under {:?}",
+            cfg.model.freeze
+        ))?;
+    }
+    let mut optimizer = Optimizer::new(&cfg.optimizer, param_groups::build(&vs, &cfg.optimizer));
+    let mut scaler = (cfg.train.precision == Precision::Fp16).then(|| Scaler::new(device));
+    let ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&vs, &spec, num_classes, cfg.train.ema_decay));
+    if let Some(ckpt) = resume {
+        let state = match &mut scaler {
+            Some(scaler) => scaler.load_state(ckpt.optimizer),
+            None => amp::without_scaler(ckpt.optimizer),
+        };
+        optimizer
+            .load_state(state)
+            .context("restoring the optimizer state")?;
+        // A checkpoint without EMA (turned on at resume) starts the average at the weights.
+        if let (Some(ema), false) = (&ema, ckpt.ema.is_empty()) {
+            checkpoint::copy_exact(&ema.vs, &ckpt.ema)
+                .context("loading the checkpoint's EMA weights")?;
+        }
+    }
+    let mixing = Mixing {
+        mixup_alpha: cfg.train.mixup_alpha,
+        cutmix_alpha: cfg.train.cutmix_alpha,
+        label_smoothing: cfg.train.label_smoothing,
+        num_classes,
+    };
+    let sync_every = match cfg.train.sync_every {
+        0 if device.is_cuda() => 20,
+        0 => 1,
+        n => n,
+    };
+
+    let loader_opts = |shuffle: bool| LoaderOptions {
+        batch_size: cfg.train.batch_size,
+        shuffle,
+        drop_last: false,
+        seed: cfg.train.seed,
+        workers: cfg.data.workers,
+        prefetch: cfg.data.prefetch,
+        fail_on_error: cfg.data.on_error == crate::config::OnError::Fail,
+        pin_memory: device.is_cuda(),
+    };
+    let train = Loader::new(splits.train, loader_opts(true))?;
+    let val = Loader::new(splits.val, loader_opts(false))?;
+    let steps_per_epoch = train.num_batches().div_ceil(cfg.train.accumulate);
+    let schedule = Schedule::new(&cfg.schedule, steps_per_epoch, cfg.train.epochs);
+    let normalize = Normalize::new(cfg.data.mean, cfg.data.std, device, cfg.train.channels_last);
+
+    let run_dir = match (&t.resume, &t.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(out)) => crate::run_dir::create_exact(out, t.overwrite)?,
+        (None, None) => {
+            let name = if cfg.checkpoint.name.is_empty() {
+                format!("{}-{}", spec.name(), cfg.data.kind.name())
+            } else {
+                cfg.checkpoint.name.clone()
+            };
+            crate::run_dir::create_fresh(Path::new(&cfg.checkpoint.dir), &name)?
+        }
+    };
+    crate::run_dir::probe_writable(&run_dir)?;
+    atomic::write(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())
+        .with_context(|| format!("cannot write {}", run_dir.join("config.toml").display()))?;
+
+    Ok((
+        Session {
+            cfg,
+            spec,
+            run_dir,
+            device,
+            vs,
+            model,
+            num_classes,
+            optimizer,
+            schedule,
+            train,
+            val,
+            normalize,
+            classes,
+            steps_per_epoch,
+            observers,
+            ema,
+            scaler,
+            mixing,
+            sync_every,
+        },
+        pos,
+    ))
+}
+
+/// Loads `model.pretrained` into the fresh model; a head of another class count is left
+/// freshly initialised. Returns the line that says what was loaded.
+fn load_pretrained(
+    vs: &VarStore,
+    spec: &ModelSpec,
+    num_classes: i64,
+    cfg: &Config,
+) -> anyhow::Result<String> {
+    let path = Path::new(&cfg.model.pretrained);
+    let report = crate::weights::load_pretrained(vs, path, spec.head(), cfg.model.strict)
+        .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
+    let head = if report.head_reinitialised.is_empty() {
+        String::new()
+    } else {
+        format!(" (the file's head does not fit {num_classes} classes)")
+    };
+    Ok(format!(
+        "pretrained {}: {}{head}",
+        path.display(),
+        report.summary()
+    ))
+}
+
+/// Re-lays 4-d weights in channels-last (NHWC) memory order; shapes are unchanged. The
+/// permute-copy-permute gives exactly `contiguous(memory_format=channels_last)` strides
+/// (tested), which convolutions keep for their outputs and gradients.
+pub fn to_channels_last(vs: &VarStore) {
+    tch::no_grad(|| {
+        for (_, mut t) in vs.variables() {
+            if t.dim() == 4 {
+                let cl = t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                t.set_data(&cl);
+            }
+        }
+    });
+}
+
+impl Session {
+    /// The run's first report to the observers.
+    pub(super) fn run_info(&self, pos: &Position, resumed: bool) -> crate::observe::RunInfo<'_> {
+        crate::observe::RunInfo {
+            run_dir: &self.run_dir,
+            model: self.spec.name(),
+            data: self.cfg.data.kind.name(),
+            classes: &self.classes,
+            train_images: self.train.dataset().len(),
+            val_images: self.val.dataset().len(),
+            epochs: self.cfg.train.epochs,
+            steps_per_epoch: self.steps_per_epoch,
+            device: device::name(self.device),
+            precision: self.cfg.train.precision.name(),
+            channels_last: self.cfg.train.channels_last,
+            resumed_at: resumed.then_some((pos.epoch, pos.batch)),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The step loop of one epoch: forward under autocast, loss (with mixing and label
+//! smoothing), backward (scaled for fp16 and accumulation), then on every accumulation
+//! boundary unscale, clip, the fused optimizer step, EMA and zeroing. The device's numbers
+//! (loss, correct, non-finite flag) are read back every `sync_every` steps, in one transfer.
+
+use super::amp;
+use super::checkpoints::save_last;
+use super::mix;
+use super::session::{Position, Session};
+use super::signals::StopSignal;
+use crate::config::NonFinite;
+use crate::data::seed;
+use crate::metrics::Running;
+use crate::observe::{EpochStart, StepReport};
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// How an epoch's training ended.
+pub(super) enum EpochEnd {
+    Done {
+        stats: Running,
+        skipped: usize,
+        images: usize,
+    },
+    /// A stop signal, after a resumable checkpoint was written; the exit status to use.
+    Interrupted(i32),
+}
+
+/// A micro-batch whose numbers are still on the device.
+struct Pending {
+    /// The optimizer step it belongs to (1-based) and its batch in the epoch (1-based).
+    step: usize,
+    batch: usize,
+    n: i64,
+    /// The learning rate, when this micro-batch ended an optimizer step.
+    lr: Option<f64>,
+    /// float `[3]`: mean loss, correct predictions, 1 if the loss was NaN or infinite.
+    values: Tensor,
+}
+
+/// What an epoch has counted so far on the host.
+struct EpochCount {
+    stats: Running,
+    images: usize,
+    started: Instant,
+}
+
+/// Trains one epoch from `pos` (which it advances), stopping early for `stop`.
+pub(super) fn train_epoch(
+    s: &mut Session,
+    pos: &mut Position,
+    stop: &StopSignal,
+) -> anyhow::Result<EpochEnd> {
+    let cfg = s.cfg.clone();
+    let epoch = pos.epoch;
+    let accumulate = cfg.train.accumulate;
+    let n_batches = s.train.num_batches();
+    let start = EpochStart {
+        epoch,
+        epochs: cfg.train.epochs,
+        batches: n_batches,
+        done: pos.batch,
+    };
+    s.observers.each("epoch_started", |o| o.epoch_started(&start))?;
+    let mut count = EpochCount {
+        stats: Running::default(),
+        images: 0,
+        started: Instant::now(),
+    };
+    let mut skipped = 0;
+    let mut pending: Vec<Pending> = Vec::with_capacity(s.sync_every * accumulate);
+    // Whether any loss of the accumulation window was NaN or infinite (float scalar).
+    let mut window_bad: Option<Tensor> = None;
+    let mut b = pos.batch;
+    for batch in s.train.epoch(epoch, pos.batch) {
+        let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
+        for e in &batch.skipped {
+            s.observers.warning(&format!("skipped {e}"))?;
+        }
+        skipped += batch.skipped.len();
+        b += 1;
+        let n = batch.labels.size()[0];
+        if n == 0 {
+            continue;
+        }
+        // Every random draw of the step (dropout, mixing) derives from the step number, so
+        // a resumed run repeats it exactly.
+        tch::manual_seed(
+            seed::combine(&[cfg.train.seed, seed::tag::STEP, pos.step as u64, b as u64]) as i64
+                & i64::MAX,
+        );
+        let x = s.normalize.apply(&batch.images);
+        let y = batch.labels.to_device(s.device);
+        let (x, soft_targets) = if s.mixing.enabled() {
+            let seed = seed::combine(&[cfg.train.seed, seed::tag::MIXING, pos.step as u64, b as u64]);
+            let (x, t) = s.mixing.apply(x, &y, seed);
+            (x, Some(t))
+        } else {
+            (x, None)
+        };
+        let (logits, loss) = {
+            let _autocast = amp::autocast(cfg.train.precision, s.device)?;
+            let logits = s.model.forward_t(&x, true);
+            let loss = match &soft_targets {
+                Some(t) => mix::soft_cross_entropy(&logits, t),
+                None => logits.cross_entropy_loss::<Tensor>(
+                    &y,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    cfg.train.label_smoothing,
+                ),
+            };
+            (logits, loss)
+        };
+        let bad = loss.isfinite().logical_not().to_kind(Kind::Float);
+        let scaled = loss.shallow_clone() / accumulate as f64;
+        match &s.scaler {
+            Some(scaler) => scaler.scale(&scaled).backward(),
+            None => scaled.backward(),
+        }
+        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Float);
+        pending.push(Pending {
+            step: pos.step + 1,
+            batch: b,
+            n,
+            lr: None,
+            values: Tensor::stack(
+                &[
+                    loss.detach().to_kind(Kind::Float),
+                    correct,
+                    bad.shallow_clone(),
+                ],
+                0,
+            ),
+        });
+        window_bad = Some(match window_bad {
+            None => bad,
+            Some(w) => w.maximum(&bad),
+        });
+        let last_of_epoch = b == n_batches;
+        if b % accumulate == 0 || last_of_epoch {
+            let grads = s.optimizer.grads();
+            // Non-zero skips the update on the device: a NaN loss (policy applied when the
+            // numbers are read back) or, with fp16, overflowing gradients.
+            let mut skip = window_bad.take().expect("a micro-batch ran");
+            if let Some(scaler) = &mut s.scaler {
+                skip = skip.maximum(scaler.unscale(&grads)?);
+            }
+            if cfg.train.grad_clip > 0.0 {
+                let _norm = crate::shim::clip_grad_norm(&grads, cfg.train.grad_clip)?;
+            }
+            let lr = cfg.optimizer.lr * s.schedule.factor(pos.step);
+            s.optimizer.step(lr, Some(&skip))?;
+            if let Some(scaler) = &mut s.scaler {
+                scaler.update();
+            }
+            if let Some(ema) = &s.ema {
+                ema.update()?;
+            }
+            drop(grads);
+            s.optimizer.zero_grad()?;
+            pos.step += 1;
+            pos.batch = b;
+            if let Some(p) = pending.last_mut() {
+                p.lr = Some(lr);
+            }
+            let save_now = cfg.checkpoint.every_steps > 0
+                && pos.step % cfg.checkpoint.every_steps == 0
+                && !last_of_epoch;
+            let stop_now = if last_of_epoch { None } else { stop.pending() };
+            if last_of_epoch || save_now || stop_now.is_some() || pos.step % s.sync_every == 0 {
+                // Before anything is saved: a NaN never reaches a checkpoint.
+                read_back(s, &mut pending, &mut count, epoch)?;
+            }
+            if save_now {
+                save_last(s, pos)?;
+            }
+            if let Some(code) = stop_now {
+                return Ok(EpochEnd::Interrupted(code));
+            }
+        }
+    }
+    read_back(s, &mut pending, &mut count, epoch)?;
+    Ok(EpochEnd::Done {
+        stats: count.stats,
+        skipped,
+        images: count.images,
+    })
+}
+
+/// Reads the pending micro-batches' numbers from the device in one transfer, applies the
+/// NaN policy (naming the exact step) and reports the steps to the observers.
+fn read_back(
+    s: &mut Session,
+    pending: &mut Vec<Pending>,
+    count: &mut EpochCount,
+    epoch: usize,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<Tensor> = pending.iter().map(|p| p.values.shallow_clone()).collect();
+    let values = Vec::<f32>::try_from(
+        Tensor::stack(&values, 0)
+            .to_device(Device::Cpu)
+            .flatten(0, -1),
+    )
+    .map_err(|e| anyhow::anyhow!("reading the step's numbers from the device: {e}"))?;
+    for (p, v) in pending.iter().zip(values.chunks_exact(3)) {
+        let (loss, correct, bad) = (v[0] as f64, v[1] as i64, v[2] != 0.0);
+        if bad {
+            match s.cfg.train.on_nonfinite {
+                NonFinite::Stop => {
+                    return Err(crate::Error::Diverged {
+                        loss,
+                        step: p.step,
+                        epoch: epoch + 1,
+                        batch: p.batch,
+                        run_dir: s.run_dir.clone(),
+                    }
+                    .into())
+                }
+                NonFinite::Skip => s.observers.warning(&format!(
+                    "non-finite loss at step {} (epoch {}, batch {}): step skipped",
+                    p.step,
+                    epoch + 1,
+                    p.batch
+                ))?,
+            }
+        } else {
+            count.stats.add(loss, correct, p.n);
+            count.images += p.n as usize;
+        }
+        if let Some(lr) = p.lr {
+            let report = StepReport {
+                epoch,
+                step: p.step,
+                batch: p.batch,
+                loss: count.stats.loss(),
+                acc: count.stats.acc(),
+                lr,
+                images_per_sec: count.images as f64 / count.started.elapsed().as_secs_f64(),
+            };
+            s.observers.each("step", |o| o.step(&report))?;
+        }
+    }
+    pending.clear();
+    Ok(())
+}
