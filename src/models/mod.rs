@@ -93,6 +93,51 @@ impl ModuleT for Model {
     }
 }
 
+/// ResNet-18 (torchvision's layout and names) with `num_classes` outputs, under `p`.
+pub fn resnet18(p: &nn::Path, num_classes: i64) -> Model {
+    builtin(p, Arch::Resnet18, num_classes)
+}
+
+/// ResNet-34 with `num_classes` outputs.
+pub fn resnet34(p: &nn::Path, num_classes: i64) -> Model {
+    builtin(p, Arch::Resnet34, num_classes)
+}
+
+/// ResNet-50 with `num_classes` outputs.
+///
+/// ```
+/// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+/// let model = hondo::models::resnet50(&vs.root(), 10);
+/// assert_eq!(model.num_classes, 10);
+/// assert!(vs.variables().contains_key("layer4.2.conv3.weight"));
+/// ```
+pub fn resnet50(p: &nn::Path, num_classes: i64) -> Model {
+    builtin(p, Arch::Resnet50, num_classes)
+}
+
+/// ResNet-101 with `num_classes` outputs.
+pub fn resnet101(p: &nn::Path, num_classes: i64) -> Model {
+    builtin(p, Arch::Resnet101, num_classes)
+}
+
+/// ResNet-152 with `num_classes` outputs.
+pub fn resnet152(p: &nn::Path, num_classes: i64) -> Model {
+    builtin(p, Arch::Resnet152, num_classes)
+}
+
+/// hondo's small CNN (width 32, no dropout) with `num_classes` outputs.
+pub fn small_cnn(p: &nn::Path, num_classes: i64) -> Model {
+    builtin(p, Arch::SmallCnn, num_classes)
+}
+
+fn builtin(p: &nn::Path, arch: Arch, num_classes: i64) -> Model {
+    let cfg = ModelConfig {
+        arch,
+        ..ModelConfig::default()
+    };
+    Model::new(p, &cfg, num_classes)
+}
+
 /// An error when two variables were created under one name (tch silently renames the
 /// second to `name__N`, which would break checkpoint compatibility).
 pub fn check_unique_names(vs: &nn::VarStore) -> Result<(), String> {
