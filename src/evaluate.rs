@@ -164,7 +164,7 @@ pub fn evaluate(
             }
             let x = normalize.apply(&batch.images);
             let logits = {
-                let _autocast = crate::train::amp::autocast(precision, x.device())?;
+                let _autocast = crate::ops::autocast(precision, x.device())?;
                 model.forward_t(&x, false)
             };
             acc.add(&logits.to_kind(Kind::Float), &batch.labels)?;

@@ -310,7 +310,7 @@ impl Drop for Autocast {
         if let Err(e) = check("autocast exit", unsafe {
             ffi::hondo_autocast_exit(self.device, self.prev.as_ptr())
         }) {
-            eprintln!("warning: {e}");
+            crate::observe::defer_warning(e.to_string());
         }
     }
 }

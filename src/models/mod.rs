@@ -140,7 +140,7 @@ fn builtin(p: &nn::Path, arch: Arch, num_classes: i64) -> Model {
 
 /// An error when two variables were created under one name (tch silently renames the
 /// second to `name__N`, which would break checkpoint compatibility).
-pub fn check_unique_names(vs: &nn::VarStore) -> Result<(), String> {
+pub fn check_unique_names(vs: &nn::VarStore) -> crate::Result<()> {
     let mut dup: Vec<String> = vs
         .variables()
         .into_keys()
@@ -150,8 +150,8 @@ pub fn check_unique_names(vs: &nn::VarStore) -> Result<(), String> {
     if dup.is_empty() {
         Ok(())
     } else {
-        Err(format!(
+        Err(crate::Error::Other(format!(
             "the model creates variables under one name twice (tch renamed them {dup:?}): give each layer its own path"
-        ))
+        )))
     }
 }

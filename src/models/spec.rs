@@ -17,14 +17,12 @@ type Build = dyn Fn(&nn::Path, i64) -> Box<dyn ModuleT> + Send + Sync;
 /// use hondo::models::ModelSpec;
 /// use tch::nn;
 ///
-/// let spec = ModelSpec::custom("mlp", |p, classes| {
-///     Box::new(
-///         nn::seq_t()
-///             .add_fn(|x| x.flatten(1, -1))
-///             .add(nn::linear(p / "hidden", 3 * 16 * 16, 64, Default::default()))
-///             .add_fn(|x| x.relu())
-///             .add(nn::linear(p / "head", 64, classes, Default::default())),
-///     )
+/// let spec = ModelSpec::custom("mlp", |p: &nn::Path, classes| {
+///     nn::seq_t()
+///         .add_fn(|x| x.flatten(1, -1))
+///         .add(nn::linear(p / "hidden", 3 * 16 * 16, 64, Default::default()))
+///         .add_fn(|x| x.relu())
+///         .add(nn::linear(p / "head", 64, classes, Default::default()))
 /// })
 /// .with_head("head");
 /// assert_eq!(spec.name(), "mlp");

@@ -158,6 +158,19 @@ pub trait Observer {
     }
 }
 
+/// Warnings raised where no observer is at hand (a kernel falling back, a guard failing
+/// to restore state); the trainer passes them on to its observers at the next step.
+static DEFERRED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Queues a warning for the running trainer's observers (the library never prints).
+pub(crate) fn defer_warning(text: String) {
+    let mut q = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: a repeating failure is said a few times, not once per step forever.
+    if q.len() < 16 && !q.contains(&text) {
+        q.push(text);
+    }
+}
+
 /// The observers of one run, called in order.
 #[derive(Default)]
 pub(crate) struct Observers(pub(crate) Vec<Box<dyn Observer>>);
@@ -181,6 +194,15 @@ impl Observers {
 
     pub(crate) fn warning(&mut self, text: &str) -> crate::Result<()> {
         self.each("warning", |o| o.warning(text))
+    }
+
+    /// Passes on the warnings queued by [`defer_warning`].
+    pub(crate) fn flush_deferred(&mut self) -> crate::Result<()> {
+        let queued = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in queued {
+            self.warning(&w)?;
+        }
+        Ok(())
     }
 
     /// Ends the run for every observer; failures are passed on as warnings.

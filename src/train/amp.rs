@@ -8,23 +8,6 @@ use crate::shim::{self, Autocast, ShimError};
 use crate::config::Precision;
 use tch::{Device, Kind, Tensor};
 
-/// The autocast dtype of a precision setting (`None` for fp32).
-pub fn autocast_kind(p: Precision) -> Option<Kind> {
-    match p {
-        Precision::Fp32 => None,
-        Precision::Bf16 => Some(Kind::BFloat16),
-        Precision::Fp16 => Some(Kind::Half),
-    }
-}
-
-/// Autocast at `p`'s dtype on `device` while the returned guard lives (`torch.autocast`);
-/// `None` for fp32.
-pub fn autocast(p: Precision, device: Device) -> Result<Option<Autocast>, ShimError> {
-    autocast_kind(p)
-        .map(|k| Autocast::new(device, k))
-        .transpose()
-}
-
 /// GradScaler's defaults.
 const INIT_SCALE: f64 = 65536.0;
 const GROWTH: f64 = 2.0;

@@ -119,7 +119,7 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     tch::manual_seed(seed::combine(&[cfg.train.seed, seed::tag::MODEL_INIT]) as i64 & i64::MAX);
     let vs = VarStore::new(device);
     let model = spec.build(&vs.root(), num_classes);
-    models::check_unique_names(&vs).map_err(anyhow::Error::msg)?;
+    models::check_unique_names(&vs)?;
 
     let mut observers = std::mem::take(&mut t.observers);
     if !cfg.model.pretrained.is_empty() && resume.is_none() {

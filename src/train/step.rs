@@ -3,7 +3,6 @@
 //! boundary unscale, clip, the fused optimizer step, EMA and zeroing. The device's numbers
 //! (loss, correct, non-finite flag) are read back every `sync_every` steps, in one transfer.
 
-use super::amp;
 use super::checkpoints::save_last;
 use super::mix;
 use super::session::{Position, Session};
@@ -99,7 +98,7 @@ pub(super) fn train_epoch(
             (x, None)
         };
         let (logits, loss) = {
-            let _autocast = amp::autocast(cfg.train.precision, s.device)?;
+            let _autocast = crate::ops::autocast(cfg.train.precision, s.device)?;
             let logits = s.model.forward_t(&x, true);
             let loss = match &soft_targets {
                 Some(t) => mix::soft_cross_entropy(&logits, t),
@@ -197,6 +196,7 @@ fn read_back(
     count: &mut EpochCount,
     epoch: usize,
 ) -> anyhow::Result<()> {
+    s.observers.flush_deferred()?;
     if pending.is_empty() {
         return Ok(());
     }

@@ -237,3 +237,46 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     }
     out
 }
+
+/// Asserts two named tensor lists are the same to the bit: same length, the same names in
+/// the same order, the same dtypes and equal values (`what` names them in failures).
+pub fn assert_same_tensors(what: &str, a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "{what}: {} tensors against {}",
+        a.len(),
+        b.len()
+    );
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb, "{what}: tensor names differ");
+        assert!(
+            ta.kind() == tb.kind() && ta.size() == tb.size() && ta.equal(tb),
+            "{what}: {na} differs"
+        );
+    }
+}
+
+/// `hondo train ARGS` (a config and `--out DIR`, or `--resume DIR`, with any `--set`s) as a
+/// process of its own (libtorch's RNG is process-wide, and other tests in this binary train
+/// concurrently): stdout discarded, stderr piped.
+pub fn train_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("hondo"));
+    cmd.arg("train")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs [`train_cmd`] to the end, asserts that it succeeded, and returns its stderr.
+pub fn train_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = train_cmd(args).output().expect("run hondo train");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "hondo train {:?} failed:\n{err}",
+        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>()
+    );
+    err
+}

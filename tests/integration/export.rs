@@ -64,16 +64,14 @@ fn run_dir(name: &str, config: &str) -> PathBuf {
     };
     let cfg = write(root, &format!("{name}.toml"), config);
     let out = root.join(name);
-    hondo()
-        .args([
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(["--device", "cpu", "--quiet"])
-        .assert()
-        .success();
+    super::common::train_ok(&[
+        cfg.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--quiet".as_ref(),
+    ]);
     out
 }
 

@@ -42,11 +42,14 @@ fn binary_runs_without_ld_library_path() {
 /// `--device cuda` the error says why.
 #[test]
 fn cuda_backend_is_loaded_only_with_a_driver() {
-    if hondo::device::cuda_available() {
-        return;
-    }
     let out = super::common::hondo().arg("info").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    if hondo::device::cuda_available() {
+        // A GPU machine: the backend is loaded and the devices are listed.
+        assert!(text.contains("libtorch_cuda loaded"), "{text}");
+        assert!(text.contains("cuda:0 "), "{text}");
+        return;
+    }
     assert!(
         text.contains("libtorch_cuda not loaded (no CUDA driver"),
         "{text}"

@@ -6,6 +6,7 @@ mod cli;
 mod config_errors;
 mod data;
 mod engine;
+mod examples;
 mod export;
 mod linkage;
 mod resnet;
