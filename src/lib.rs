@@ -5,6 +5,7 @@
 //! and augments images, [`train`] runs the loop, [`checkpoint`] writes and reads run state.
 
 pub mod allocator;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -232,10 +232,9 @@ pub struct Restored {
 /// Rebuilds the model a checkpoint was written from, on `device`.
 pub fn restore(path: &Path, device: tch::Device) -> anyhow::Result<Restored> {
     let ckpt = read(path)?;
-    let config = crate::config::load_str(
+    let config = crate::config::load_embedded(
         &ckpt.meta.config,
         &format!("{} (embedded config)", path.display()),
-        &[],
     )?;
     let vs = tch::nn::VarStore::new(device);
     let model = crate::models::Model::new(&vs.root(), &config.model, ckpt.meta.num_classes);

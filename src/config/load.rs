@@ -68,6 +68,22 @@ pub fn load_str(text: &str, file: &str, overrides: &[Override]) -> Result<Config
             })?;
         }
     }
+    validated(config, file)
+}
+
+/// As [`load_str`] without overrides, for the config a checkpoint embeds: hondo before
+/// `checkpoint.mode` became optional wrote `mode = "max"` whatever the monitor, so there a
+/// mode that contradicts the monitor is dropped (inferred from the metric), not refused.
+pub fn load_embedded(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let mut config = parse(text, file)?;
+    let k = &mut config.checkpoint;
+    if k.mode.is_some_and(|m| m != k.monitor.mode()) {
+        k.mode = None;
+    }
+    validated(config, file)
+}
+
+fn validated(config: Config, file: &str) -> Result<Config, ConfigError> {
     let problems = validate::problems(&config);
     if problems.is_empty() {
         Ok(config)
@@ -144,6 +160,14 @@ mod tests {
     fn line_col_counts_from_one() {
         assert_eq!(line_col("a\nbc\n", 0), (1, 1));
         assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+    }
+
+    #[test]
+    fn an_embedded_config_of_older_hondo_still_loads() {
+        let old = "[checkpoint]\nmonitor = \"val_loss\"\nmode = \"max\"\n";
+        assert!(load_str(old, "config.toml", &[]).is_err());
+        let c = load_embedded(old, "ckpt (embedded config)").unwrap();
+        assert_eq!(c.checkpoint.mode(), crate::config::MonitorMode::Min);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::{Config, NonFinite, Precision, TrainConfig};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::normalize::Normalize;
 use crate::data::{self, seed};
-use crate::device::{self, DeviceSpec};
+use crate::device;
 use crate::models::{self, Model};
 use amp::Scaler;
 use anyhow::{bail, Context};
@@ -41,6 +41,8 @@ pub struct TrainOptions {
     pub out: Option<PathBuf>,
     /// Allow `out` to be a non-empty directory.
     pub overwrite: bool,
+    /// Start even when the memory estimate exceeds the machine's available memory.
+    pub force: bool,
     /// Continue the run in this directory (its `last` checkpoint).
     pub resume: Option<PathBuf>,
     /// No progress output (warnings still show).
@@ -112,7 +114,7 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let (mut s, mut pos) = prepare(&opts)?;
     let cfg = s.cfg.clone();
-    let monitor = cfg.checkpoint.monitor.clone();
+    let monitor = cfg.checkpoint.monitor.name().to_string();
     let mut last = None;
     let mut outcome = Outcome::Finished;
     s.progress.println(&format!(
@@ -136,13 +138,14 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
 
     while pos.epoch < cfg.train.epochs {
         let epoch = pos.epoch;
-        if cfg.model.unfreeze_at_epoch > 0
-            && epoch + 1 >= cfg.model.unfreeze_at_epoch
-            && !cfg.model.freeze.is_empty()
+        if let Some(unfreeze_at) = cfg
+            .model
+            .unfreeze_at_epoch
+            .filter(|e| epoch + 1 >= *e && !cfg.model.freeze.is_empty())
         {
             let n = param_groups::apply_freeze(&s.vs, &[]);
             debug_assert_eq!(n, 0);
-            if epoch + 1 == cfg.model.unfreeze_at_epoch && pos.batch == 0 {
+            if epoch + 1 == unfreeze_at && pos.batch == 0 {
                 s.progress.println(&format!(
                     "epoch {}: unfreezing {:?}",
                     epoch + 1,
@@ -216,7 +219,7 @@ pub fn run(opts: TrainOptions) -> anyhow::Result<Summary> {
         let actions = policy::plan(
             epoch + 1,
             value,
-            cfg.checkpoint.mode,
+            cfg.checkpoint.mode(),
             pos.best.map(|b| b.0),
             &kept,
             cfg.checkpoint.keep_top_k,
@@ -600,9 +603,12 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
-    let device = DeviceSpec::parse(&cfg.train.device)
-        .and_then(|d| d.resolve())
+    let device = cfg
+        .train
+        .device
+        .resolve()
         .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
+    crate::budget::check(&cfg, device.is_cuda(), opts.force)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
@@ -636,12 +642,12 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
         bail!("the training or validation set is empty");
     }
     let num_classes = match cfg.model.num_classes {
-        0 => classes.len(),
-        n if n < classes.len() => bail!(
+        None => classes.len(),
+        Some(n) if n < classes.len() => bail!(
             "model.num_classes = {n} but the data has {} classes",
             classes.len()
         ),
-        n => n,
+        Some(n) => n,
     } as i64;
 
     tch::manual_seed(seed::combine(&[cfg.train.seed, 0x1417]) as i64 & i64::MAX);
@@ -650,8 +656,8 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
     models::assert_unique_names(&vs);
 
     let progress = Progress::new(opts.quiet, cfg.train.log_every);
-    if !cfg.model.pretrained.is_empty() && resume.is_none() {
-        load_pretrained(&vs, &model, &cfg, &progress)?;
+    if let (Some(pretrained), None) = (&cfg.model.pretrained, &resume) {
+        load_pretrained(&vs, &model, Path::new(pretrained), &cfg, &progress)?;
     }
     if cfg.train.channels_last {
         to_channels_last(&vs);
@@ -742,15 +748,13 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
         (Some(dir), _) => dir.clone(),
         (None, Some(out)) => crate::run_dir::create_exact(out, opts.overwrite)?,
         (None, None) => {
-            let name = if cfg.checkpoint.name.is_empty() {
+            let name = cfg.checkpoint.name.clone().unwrap_or_else(|| {
                 format!(
                     "{}-{}",
                     cfg.model.arch.name(),
                     format!("{:?}", cfg.data.kind).to_lowercase()
                 )
-            } else {
-                cfg.checkpoint.name.clone()
-            };
+            });
             crate::run_dir::create_fresh(Path::new(&cfg.checkpoint.dir), &name)?
         }
     };
@@ -787,13 +791,13 @@ fn prepare(opts: &TrainOptions) -> anyhow::Result<(Session, Position)> {
 fn load_pretrained(
     vs: &VarStore,
     model: &Model,
+    path: &Path,
     cfg: &Config,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let path = Path::new(&cfg.model.pretrained);
     let report =
         crate::weights::load_pretrained(vs, path, model.info().classifier, cfg.model.strict)
-            .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
+            .with_context(|| format!("model.pretrained = {:?}", path.display().to_string()))?;
     let head = if report.head_reinitialised.is_empty() {
         String::new()
     } else {

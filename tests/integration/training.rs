@@ -21,6 +21,7 @@ fn train_into(dir: &Path, cfg: Config, resume: bool) -> train::Summary {
         config: cfg,
         out: (!resume).then(|| dir.to_path_buf()),
         overwrite: false,
+        force: false,
         resume: resume.then(|| dir.to_path_buf()),
         quiet: true,
         stop: StopSignal::none(),
