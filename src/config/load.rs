@@ -23,7 +23,11 @@ pub enum ConfigError {
     },
     #[error("--set {text}: {message}")]
     Override { text: String, message: String },
-    #[error("invalid configuration in {file}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    /// One problem on one line (so an `error:` line names the key); several as a list.
+    #[error("invalid configuration in {file}:{}", match .problems.as_slice() {
+        [one] => format!(" {one}"),
+        many => many.iter().map(|p| format!("\n  - {p}")).collect::<String>(),
+    })]
     Invalid { file: String, problems: Vec<String> },
 }
 
