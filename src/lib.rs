@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod allocator;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

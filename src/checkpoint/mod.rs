@@ -272,10 +272,9 @@ fn restore_impl(
     spec: Option<&crate::models::ModelSpec>,
 ) -> anyhow::Result<Restored> {
     let ckpt = read(path)?;
-    let config = crate::config::load_str(
+    let config = crate::config::load_embedded(
         &ckpt.meta.config,
         &format!("{} (embedded config)", path.display()),
-        &[],
     )?;
     let spec = match spec {
         Some(s) => s.clone(),

@@ -23,9 +23,14 @@ pub struct Args {
     /// Run directory to create (default: a fresh directory under checkpoint.dir).
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
-    /// Replace the contents of a non-empty --out directory.
+    /// Replace the contents of --out: only a hondo run directory (one with a config.toml)
+    /// or an empty directory is cleared; anything else is refused.
     #[arg(long, requires = "out")]
     overwrite: bool,
+    /// Start even when the estimated memory of a training step exceeds the machine's
+    /// available memory.
+    #[arg(long)]
+    force: bool,
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
@@ -66,7 +71,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .observer(console)
         .observer(MetricsLog)
         .observer(TrainingCurves)
-        .overwrite(a.overwrite);
+        .overwrite(a.overwrite)
+        .force(a.force);
     if let Some(out) = a.out {
         trainer = trainer.out(out);
     }

@@ -23,7 +23,11 @@ pub enum ConfigError {
     },
     #[error("--set {text}: {message}")]
     Override { text: String, message: String },
-    #[error("invalid configuration in {file}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    /// One problem on one line (so an `error:` line names the key); several as a list.
+    #[error("invalid configuration in {file}:{}", match .problems.as_slice() {
+        [one] => format!(" {one}"),
+        many => many.iter().map(|p| format!("\n  - {p}")).collect::<String>(),
+    })]
     Invalid { file: String, problems: Vec<String> },
 }
 
@@ -68,6 +72,22 @@ pub fn load_str(text: &str, file: &str, overrides: &[Override]) -> Result<Config
             })?;
         }
     }
+    validated(config, file)
+}
+
+/// As [`load_str`] without overrides, for the config a checkpoint embeds: hondo before
+/// `checkpoint.mode` became optional wrote `mode = "max"` whatever the monitor, so there a
+/// mode that contradicts the monitor is dropped (inferred from the metric), not refused.
+pub fn load_embedded(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let mut config = parse(text, file)?;
+    let k = &mut config.checkpoint;
+    if k.mode.is_some_and(|m| m != k.monitor.mode()) {
+        k.mode = None;
+    }
+    validated(config, file)
+}
+
+fn validated(config: Config, file: &str) -> Result<Config, ConfigError> {
     let problems = validate::problems(&config);
     if problems.is_empty() {
         Ok(config)
@@ -144,6 +164,14 @@ mod tests {
     fn line_col_counts_from_one() {
         assert_eq!(line_col("a\nbc\n", 0), (1, 1));
         assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+    }
+
+    #[test]
+    fn an_embedded_config_of_older_hondo_still_loads() {
+        let old = "[checkpoint]\nmonitor = \"val_loss\"\nmode = \"max\"\n";
+        assert!(load_str(old, "config.toml", &[]).is_err());
+        let c = load_embedded(old, "ckpt (embedded config)").unwrap();
+        assert_eq!(c.checkpoint.mode(), crate::config::MonitorMode::Min);
     }
 
     #[test]

@@ -8,9 +8,10 @@ mod load;
 mod overrides;
 mod validate;
 
-pub use load::{load, load_str, ConfigError};
+pub use load::{load, load_embedded, load_str, ConfigError};
 pub use overrides::Override;
 
+pub use crate::device::DeviceSpec;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a training run.
@@ -78,38 +79,53 @@ impl Arch {
 pub struct ModelConfig {
     /// Architecture: `small_cnn`, `resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`.
     pub arch: Arch,
-    /// Number of output classes; 0 takes the dataset's class count.
-    pub num_classes: usize,
-    /// Base channel width of `small_cnn` (doubled at each stage).
+    /// Number of output classes, 2 to 100000; unset takes the dataset's class count (an
+    /// explicit 0, as older configs wrote, also means unset).
+    #[serde(
+        deserialize_with = "sentinel::zero_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub num_classes: Option<usize>,
+    /// Base channel width of `small_cnn` (doubled at each stage), 1 to 1024.
     pub width: i64,
-    /// Dropout before the classifier of `small_cnn` (0 disables it).
+    /// Dropout before the classifier of `small_cnn`, in [0, 1) (0 disables it).
     pub dropout: f64,
     /// ResNet: initialise the last BatchNorm of each residual block to zero.
     pub zero_init_residual: bool,
-    /// Pretrained weights to start from (`.safetensors`, `.pth`/`.pt`, `.ot`); empty for none.
-    pub pretrained: String,
+    /// Pretrained weights to start from (`.safetensors`, `.pth`/`.pt`, `.ot`); unset for
+    /// none (an empty string, as older configs wrote, also means none).
+    #[serde(
+        deserialize_with = "sentinel::empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pretrained: Option<String>,
     /// Fail on any missing, unexpected or mis-shaped tensor in `pretrained` (except a
     /// classifier head with another class count, which is re-initialised).
     pub strict: bool,
     /// Parameter-name prefixes to freeze, e.g. `["conv1", "bn1", "layer1"]`. Frozen
     /// BatchNorm layers also keep their running statistics (they run in eval mode).
     pub freeze: Vec<String>,
-    /// Epoch (1-based) at which `freeze` is lifted; 0 keeps the layers frozen.
-    pub unfreeze_at_epoch: usize,
+    /// Epoch (1-based, at most `train.epochs`) at which `freeze` is lifted; unset keeps
+    /// the layers frozen (an explicit 0, as older configs wrote, also means unset).
+    #[serde(
+        deserialize_with = "sentinel::zero_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unfreeze_at_epoch: Option<usize>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             arch: Arch::SmallCnn,
-            num_classes: 0,
+            num_classes: None,
             width: 32,
             dropout: 0.0,
             zero_init_residual: false,
-            pretrained: String::new(),
+            pretrained: None,
             strict: true,
             freeze: Vec::new(),
-            unfreeze_at_epoch: 0,
+            unfreeze_at_epoch: None,
         }
     }
 }
@@ -158,33 +174,36 @@ pub struct DataConfig {
     pub kind: DataKind,
     /// Dataset directory (not used by `shapes`).
     pub root: String,
-    /// Side of the square training input in pixels.
+    /// Side of the square training input in pixels, 8 to 4096.
     pub image_size: u32,
     /// `shapes`: number of shape classes (2 to 6: circle, square, triangle, cross, ring, bar).
     pub num_shapes: usize,
-    /// `shapes`: number of training images.
+    /// `shapes`: number of training images, 1 to 10000000.
     pub train_size: usize,
-    /// `shapes`: number of validation images.
+    /// `shapes`: number of validation images, 1 to 10000000.
     pub val_size: usize,
-    /// `image_folder` without a `val/` directory: fraction of each class held out (seeded).
+    /// `image_folder` without a `val/` directory: fraction of each class held out (seeded),
+    /// in [0, 1).
     pub val_fraction: f64,
-    /// Seed of the dataset itself (generation and splits); the training seed is `train.seed`.
+    /// Seed of the dataset itself (generation and splits), 0 to 2^63-1 (a TOML integer);
+    /// the training seed is `train.seed`.
     pub seed: u64,
-    /// Loader worker threads; 0 picks one per core.
+    /// Loader worker threads, 0 to 256; 0 picks one per core.
     pub workers: usize,
-    /// Batches prepared ahead of the training step.
+    /// Batches prepared ahead of the training step, 1 to 64.
     pub prefetch: usize,
-    /// Per-channel normalisation mean (RGB, 0..1 scale).
+    /// Per-channel normalisation mean (RGB, 0..1 scale), each in [0, 1].
     pub mean: [f64; 3],
-    /// Per-channel normalisation standard deviation (RGB, 0..1 scale).
+    /// Per-channel normalisation standard deviation (RGB, 0..1 scale), each in [0.001, 10].
     pub std: [f64; 3],
     /// Training augmentation.
     pub augment: AugmentConfig,
-    /// Eval transform: resize the shorter side to `image_size / crop_fraction`, centre crop.
+    /// Eval transform: resize the shorter side to `image_size / crop_fraction`, centre crop;
+    /// in [0.25, 1].
     pub crop_fraction: f64,
     /// `skip` or `fail` on an unreadable image.
     pub on_error: OnError,
-    /// Largest accepted image side in pixels; larger headers are rejected unread.
+    /// Largest accepted image side in pixels, 1 to 65536; larger headers are rejected unread.
     pub max_image_side: u32,
 }
 
@@ -217,13 +236,14 @@ impl Default for DataConfig {
 pub struct AugmentConfig {
     /// Random resized crop (torchvision's `RandomResizedCrop`); off: resize + centre crop.
     pub random_resized_crop: bool,
-    /// Area fraction range of the random crop.
+    /// Area fraction range of the random crop: `[min, max]`, 0 < min <= max <= 1.
     pub scale: [f64; 2],
-    /// Aspect-ratio range of the random crop.
+    /// Aspect-ratio range of the random crop: `[min, max]`, 0.1 <= min <= max <= 10.
     pub ratio: [f64; 2],
-    /// Probability of a horizontal flip.
+    /// Probability of a horizontal flip, in [0, 1].
     pub hflip: f64,
-    /// Colour jitter strength for brightness, contrast and saturation (0 disables it).
+    /// Colour jitter strength for brightness, contrast and saturation, in [0, 1] (0
+    /// disables it).
     pub color_jitter: f64,
 }
 
@@ -254,17 +274,17 @@ pub enum OptimizerKind {
 pub struct OptimizerConfig {
     /// `sgd`, `adam` or `adamw`.
     pub name: OptimizerKind,
-    /// Peak learning rate (the schedule scales it).
+    /// Peak learning rate (the schedule scales it), in (0, 10].
     pub lr: f64,
-    /// SGD momentum.
+    /// SGD momentum, in [0, 1).
     pub momentum: f64,
     /// SGD Nesterov momentum.
     pub nesterov: bool,
-    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW).
+    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW), in [0, 1].
     pub weight_decay: f64,
-    /// Adam betas.
+    /// Adam betas, each in [0, 1).
     pub betas: [f64; 2],
-    /// Adam epsilon.
+    /// Adam epsilon, in (0, 1].
     pub eps: f64,
     /// No weight decay on biases and normalisation weights (1-d parameters).
     pub no_decay_bias_and_norm: bool,
@@ -299,10 +319,15 @@ impl Default for OptimizerConfig {
 pub struct ParamGroupConfig {
     /// Parameter-name prefixes of this group, e.g. `["fc"]`.
     pub prefixes: Vec<String>,
-    /// Multiplier of `optimizer.lr` for this group.
+    /// Multiplier of `optimizer.lr` for this group, in [0, 1000].
     pub lr_scale: f64,
-    /// Weight decay of this group; negative takes `optimizer.weight_decay`.
-    pub weight_decay: f64,
+    /// Weight decay of this group, in [0, 1]; unset takes `optimizer.weight_decay` (a
+    /// negative value, as older configs wrote, also means unset).
+    #[serde(
+        deserialize_with = "sentinel::negative_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weight_decay: Option<f64>,
 }
 
 impl Default for ParamGroupConfig {
@@ -310,7 +335,7 @@ impl Default for ParamGroupConfig {
         ParamGroupConfig {
             prefixes: Vec::new(),
             lr_scale: 1.0,
-            weight_decay: -1.0,
+            weight_decay: None,
         }
     }
 }
@@ -332,19 +357,19 @@ pub enum ScheduleKind {
 pub struct ScheduleConfig {
     /// `constant`, `step`, `multistep`, `cosine` or `one_cycle`.
     pub name: ScheduleKind,
-    /// Linear warm-up length in epochs (fractions allowed).
+    /// Linear warm-up length in epochs (fractions allowed), in [0, 10000].
     pub warmup_epochs: f64,
-    /// Learning-rate factor at the start of warm-up.
+    /// Learning-rate factor at the start of warm-up, in (0, 1].
     pub warmup_factor: f64,
-    /// `step`: epochs between decays.
+    /// `step`: epochs between decays, 1 to 10000.
     pub step_epochs: usize,
-    /// `multistep`: epochs at which the rate decays.
+    /// `multistep`: epochs at which the rate decays, increasing, each 1 to 10000.
     pub milestones: Vec<usize>,
-    /// `step`/`multistep`: decay factor.
+    /// `step`/`multistep`: decay factor, in (0, 1].
     pub gamma: f64,
-    /// `cosine`/`one_cycle`: final learning rate as a fraction of the peak.
+    /// `cosine`/`one_cycle`: final learning rate as a fraction of the peak, in [0, 1].
     pub min_lr_factor: f64,
-    /// `one_cycle`: fraction of the run spent increasing the rate.
+    /// `one_cycle`: fraction of the run spent increasing the rate, in (0, 1).
     pub pct_start: f64,
 }
 
@@ -387,17 +412,18 @@ impl Precision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Number of epochs.
+    /// Number of epochs, 1 to 10000.
     pub epochs: usize,
-    /// Images per optimizer step (per micro-batch when `accumulate` > 1).
+    /// Images per optimizer step (per micro-batch when `accumulate` > 1), 1 to 65536.
     pub batch_size: usize,
-    /// Seed of weight init, shuffling and augmentation.
+    /// Seed of weight init, shuffling and augmentation, 0 to 2^63-1 (a TOML integer).
     pub seed: u64,
-    /// Device: `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// libtorch intra-op threads; 0 keeps libtorch's default (one per core).
+    /// Device: `auto`, `cpu`, `cuda` or `cuda:N`, parsed when the config is read.
+    #[serde(with = "device_spec")]
+    pub device: DeviceSpec,
+    /// libtorch intra-op threads, 0 to 1024; 0 keeps libtorch's default (one per core).
     pub threads: usize,
-    /// Label smoothing of the cross-entropy loss.
+    /// Label smoothing of the cross-entropy loss, in [0, 1).
     pub label_smoothing: f64,
     /// `fp32`, `bf16` or `fp16`: autocast of the forward pass (bf16 on CPU or CUDA; fp16
     /// with dynamic loss scaling, which skips steps with non-finite gradients).
@@ -405,29 +431,31 @@ pub struct TrainConfig {
     /// Channels-last (NHWC) memory format for weights and inputs: on by default, as it is
     /// 20-30% faster for convolutions on CPU and CUDA alike (BENCHMARKS.md).
     pub channels_last: bool,
-    /// Clip gradients to this global L2 norm (0 disables clipping).
+    /// Clip gradients to this global L2 norm, in [0, 1e6] (0 disables clipping).
     pub grad_clip: f64,
-    /// Micro-batches accumulated per optimizer step.
+    /// Micro-batches accumulated per optimizer step, 1 to 1024.
     pub accumulate: usize,
-    /// Plain log line every N steps when not on a terminal (0: only per epoch).
+    /// Plain log line every N steps when not on a terminal, 0 to 1000000 (0: only per
+    /// epoch).
     pub log_every: usize,
     /// On a NaN or infinite loss: `stop` the run (the last good checkpoint is kept) or
     /// `skip` the step.
     pub on_nonfinite: NonFinite,
-    /// Stop when the monitored metric has not improved for this many epochs (0: never).
+    /// Stop when the monitored metric has not improved for this many epochs, 0 to 10000
+    /// (0: never).
     pub early_stop_patience: usize,
-    /// Exponential moving average of the weights with this decay per step (0: off, e.g.
-    /// 0.999); evaluated each epoch as `val_acc_ema` and saved in checkpoints.
+    /// Exponential moving average of the weights with this decay per step, in [0, 1) (0:
+    /// off, e.g. 0.999); evaluated each epoch as `val_acc_ema` and saved in checkpoints.
     pub ema_decay: f64,
-    /// Mixup: mix pairs of images and their targets with a Beta(alpha, alpha) weight
-    /// (0: off; 0.2 is common).
+    /// Mixup: mix pairs of images and their targets with a Beta(alpha, alpha) weight, in
+    /// [0, 100] (0: off; 0.2 is common).
     pub mixup_alpha: f64,
-    /// CutMix: paste a box of another image, targets mixed by area, Beta(alpha, alpha)
-    /// (0: off; 1.0 is common). With mixup as well, each batch picks one at random.
+    /// CutMix: paste a box of another image, targets mixed by area, Beta(alpha, alpha), in
+    /// [0, 100] (0: off; 1.0 is common). With mixup as well, each batch picks one at random.
     pub cutmix_alpha: f64,
-    /// Read losses and accuracies back from the device every N steps (progress bar, NaN
-    /// check; the step a NaN appeared at is still named exactly). 0: every step on CPU,
-    /// where reading costs nothing, and every 20 steps on CUDA.
+    /// Read losses and accuracies back from the device every N steps, 0 to 10000 (progress
+    /// bar, NaN check; the step a NaN appeared at is still named exactly). 0: every step on
+    /// CPU, where reading costs nothing, and every 20 steps on CUDA.
     pub sync_every: usize,
 }
 
@@ -445,7 +473,7 @@ impl Default for TrainConfig {
             epochs: 8,
             batch_size: 64,
             seed: 0,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             threads: 0,
             label_smoothing: 0.0,
             precision: Precision::Fp32,
@@ -471,32 +499,132 @@ pub enum MonitorMode {
     Min,
 }
 
+/// The epoch metric that picks `best` and drives early stopping (the names of
+/// `metrics.jsonl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Monitor {
+    ValAcc,
+    ValLoss,
+    TrainAcc,
+    TrainLoss,
+    /// Needs `train.ema_decay` > 0.
+    ValAccEma,
+    /// Needs `train.ema_decay` > 0.
+    ValLossEma,
+}
+
+impl Monitor {
+    const ALL: [Monitor; 6] = [
+        Monitor::ValAcc,
+        Monitor::ValLoss,
+        Monitor::TrainAcc,
+        Monitor::TrainLoss,
+        Monitor::ValAccEma,
+        Monitor::ValLossEma,
+    ];
+
+    /// The name used in configs and `metrics.jsonl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValAcc => "val_acc",
+            Monitor::ValLoss => "val_loss",
+            Monitor::TrainAcc => "train_acc",
+            Monitor::TrainLoss => "train_loss",
+            Monitor::ValAccEma => "val_acc_ema",
+            Monitor::ValLossEma => "val_loss_ema",
+        }
+    }
+
+    /// The direction in which this metric improves: accuracies up, losses down.
+    pub fn mode(self) -> MonitorMode {
+        match self {
+            Monitor::ValAcc | Monitor::TrainAcc | Monitor::ValAccEma => MonitorMode::Max,
+            Monitor::ValLoss | Monitor::TrainLoss | Monitor::ValLossEma => MonitorMode::Min,
+        }
+    }
+
+    /// Whether the metric exists only with `train.ema_decay` > 0.
+    pub fn needs_ema(self) -> bool {
+        matches!(self, Monitor::ValAccEma | Monitor::ValLossEma)
+    }
+}
+
+impl std::str::FromStr for Monitor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Monitor::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Monitor::ALL.iter().map(|m| m.name()).collect();
+                format!("must be one of {}, got `{s}`", names.join(", "))
+            })
+    }
+}
+
+impl TryFrom<String> for Monitor {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Monitor> for String {
+    fn from(m: Monitor) -> String {
+        m.name().to_string()
+    }
+}
+
+impl std::fmt::Display for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// `[checkpoint]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Directory under which run directories are created.
     pub dir: String,
-    /// Run directory name; empty picks `<arch>-<data>-<n>`, never an existing one.
-    pub name: String,
-    /// Metric that picks `best`: `val_acc` or `val_loss` (or `val_acc_ema`, `val_loss_ema`
-    /// with `train.ema_decay`).
-    pub monitor: String,
-    /// `max` or `min` of `monitor`.
-    pub mode: MonitorMode,
-    /// Also keep the k best epochs as `epoch-NNNN.safetensors` (0: only `last` and `best`).
+    /// Run directory name; unset picks `<arch>-<data>-<n>`, never an existing one (an
+    /// empty string, as older configs wrote, also means unset).
+    #[serde(
+        deserialize_with = "sentinel::empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    /// Metric that picks `best` and drives early stopping: `val_acc`, `val_loss`,
+    /// `train_acc`, `train_loss` (or `val_acc_ema`, `val_loss_ema` with `train.ema_decay`).
+    pub monitor: Monitor,
+    /// `max` or `min` of `monitor`; unset infers it from the metric (accuracies `max`,
+    /// losses `min`). An explicit value must agree with the metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MonitorMode>,
+    /// Also keep the k best epochs as `epoch-NNNN.safetensors`, 0 to 1000 (0: only `last`
+    /// and `best`).
     pub keep_top_k: usize,
-    /// Also write `last` every N optimizer steps (0: only at epoch ends).
+    /// Also write `last` every N optimizer steps, 0 to 10^9 (0: only at epoch ends).
     pub every_steps: usize,
+}
+
+impl CheckpointConfig {
+    /// The direction of `monitor`: `mode` when set, else inferred from the metric.
+    pub fn mode(&self) -> MonitorMode {
+        self.mode.unwrap_or(self.monitor.mode())
+    }
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
             dir: "runs".into(),
-            name: String::new(),
-            monitor: "val_acc".into(),
-            mode: MonitorMode::Max,
+            name: None,
+            monitor: Monitor::ValAcc,
+            mode: None,
             keep_top_k: 0,
             every_steps: 0,
         }
@@ -507,5 +635,120 @@ impl Config {
     /// The configuration as TOML, as written into each run directory.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// `train.device` as its TOML string, parsed by [`DeviceSpec::parse`] when read.
+mod device_spec {
+    use super::DeviceSpec;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &DeviceSpec, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            DeviceSpec::Auto => s.serialize_str("auto"),
+            DeviceSpec::Cpu => s.serialize_str("cpu"),
+            DeviceSpec::Cuda(n) => s.serialize_str(&format!("cuda:{n}")),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceSpec, D::Error> {
+        let s = String::deserialize(d)?;
+        DeviceSpec::parse(&s).map_err(D::Error::custom)
+    }
+}
+
+/// Optional keys that older configs (and the checkpoints that embed them) wrote with a
+/// sentinel for "unset": those sentinels still read as `None`.
+mod sentinel {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Some(String::deserialize(d)?).filter(|s| !s.is_empty()))
+    }
+
+    pub fn zero_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        Ok(Some(usize::deserialize(d)?).filter(|n| *n != 0))
+    }
+
+    pub fn negative_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        // NaN and -inf stay, for validation to reject with the key.
+        Ok(Some(f64::deserialize(d)?).filter(|v| !(v.is_finite() && *v < 0.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(o: &[&str]) -> Config {
+        let o: Vec<Override> = o.iter().map(|s| s.parse().unwrap()).collect();
+        load_str("", "t.toml", &o).unwrap()
+    }
+
+    #[test]
+    fn to_toml_round_trips_through_load() {
+        for c in [
+            Config::default(),
+            set(&[
+                "model.pretrained=weights/r18.pth",
+                "model.num_classes=10",
+                "model.freeze=[\"conv1\"]",
+                "model.unfreeze_at_epoch=2",
+                "train.device=cuda:1",
+                "checkpoint.name=mine",
+                "checkpoint.monitor=val_loss",
+                "checkpoint.mode=min",
+                "optimizer.groups=[{prefixes=[\"fc\"], weight_decay=0.0}]",
+            ]),
+        ] {
+            let again = load_str(&c.to_toml(), "again.toml", &[]).unwrap();
+            assert_eq!(again, c);
+        }
+    }
+
+    #[test]
+    fn set_values_keep_their_spelling_and_unset_ones_are_left_out() {
+        let c = set(&["train.device=cuda", "model.pretrained=w.pth"]);
+        assert_eq!(c.train.device, DeviceSpec::Cuda(0));
+        assert_eq!(c.model.pretrained.as_deref(), Some("w.pth"));
+        let toml = c.to_toml();
+        assert!(toml.contains("device = \"cuda:0\""), "{toml}");
+        assert!(toml.contains("pretrained = \"w.pth\""), "{toml}");
+        assert!(toml.contains("monitor = \"val_acc\""), "{toml}");
+        for unset in [
+            "num_classes",
+            "unfreeze_at_epoch",
+            "mode =",
+            "\nname = \"\"",
+        ] {
+            assert!(!toml.contains(unset), "{unset} in {toml}");
+        }
+    }
+
+    #[test]
+    fn older_sentinels_still_read_as_unset() {
+        let c = load_str(
+            "[model]\npretrained = \"\"\nnum_classes = 0\nunfreeze_at_epoch = 0\n\
+             [[optimizer.groups]]\nprefixes = [\"fc\"]\nweight_decay = -1.0\n\
+             [checkpoint]\nname = \"\"\n",
+            "old.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.model.pretrained, None);
+        assert_eq!(c.model.num_classes, None);
+        assert_eq!(c.model.unfreeze_at_epoch, None);
+        assert_eq!(c.optimizer.groups[0].weight_decay, None);
+        assert_eq!(c.checkpoint.name, None);
+    }
+
+    #[test]
+    fn the_device_is_parsed_when_read_naming_the_key() {
+        let e = load_str("[train]\ndevice = \"gpu\"\n", "d.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d.toml:2:"), "{e}");
+        assert!(e.contains("train.device"), "{e}");
+        assert!(e.contains("auto, cpu, cuda or cuda:N"), "{e}");
     }
 }

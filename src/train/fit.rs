@@ -20,18 +20,19 @@ pub(super) fn fit(
     started: Instant,
 ) -> anyhow::Result<Summary> {
     let cfg = s.cfg.clone();
-    let monitor = cfg.checkpoint.monitor.clone();
+    let monitor = cfg.checkpoint.monitor.name().to_string();
     let mut last = None;
     let mut outcome = Outcome::Finished;
     while pos.epoch < cfg.train.epochs {
         let epoch = pos.epoch;
-        if cfg.model.unfreeze_at_epoch > 0
-            && epoch + 1 >= cfg.model.unfreeze_at_epoch
-            && !cfg.model.freeze.is_empty()
+        if let Some(unfreeze_at) = cfg
+            .model
+            .unfreeze_at_epoch
+            .filter(|e| epoch + 1 >= *e && !cfg.model.freeze.is_empty())
         {
             let n = param_groups::apply_freeze(&s.vs, &[]);
             debug_assert_eq!(n, 0);
-            if epoch + 1 == cfg.model.unfreeze_at_epoch && pos.batch == 0 {
+            if epoch + 1 == unfreeze_at && pos.batch == 0 {
                 s.observers.message(&format!(
                     "epoch {}: unfreezing {:?}",
                     epoch + 1,
@@ -85,7 +86,7 @@ pub(super) fn fit(
         let actions = policy::plan(
             epoch + 1,
             value,
-            cfg.checkpoint.mode,
+            cfg.checkpoint.mode(),
             pos.best.map(|b| b.0),
             &kept,
             cfg.checkpoint.keep_top_k,

@@ -52,6 +52,7 @@ pub struct Trainer {
     model: Option<ModelSpec>,
     out: Option<PathBuf>,
     overwrite: bool,
+    force: bool,
     resume: Option<PathBuf>,
     stop: StopSignal,
     observers: Observers,
@@ -66,6 +67,7 @@ impl Trainer {
             model: None,
             out: None,
             overwrite: false,
+            force: false,
             resume: None,
             stop: StopSignal::none(),
             observers: Observers::default(),
@@ -88,6 +90,13 @@ impl Trainer {
     /// are replaced.
     pub fn overwrite(mut self, yes: bool) -> Trainer {
         self.overwrite = yes;
+        self
+    }
+
+    /// Starts even when the estimated memory of a training step ([`crate::budget`])
+    /// exceeds the machine's available memory.
+    pub fn force(mut self, yes: bool) -> Trainer {
+        self.force = yes;
         self
     }
 

@@ -60,11 +60,7 @@ pub fn build(vs: &VarStore, cfg: &OptimizerConfig) -> Vec<ParamGroup> {
             (
                 format!("groups[{i}]"),
                 g.lr_scale,
-                if g.weight_decay < 0.0 {
-                    cfg.weight_decay
-                } else {
-                    g.weight_decay
-                },
+                g.weight_decay.unwrap_or(cfg.weight_decay),
             )
         })
         .collect();
@@ -137,7 +133,7 @@ mod tests {
             groups: vec![ParamGroupConfig {
                 prefixes: vec!["fc".into()],
                 lr_scale: 10.0,
-                weight_decay: -1.0,
+                weight_decay: None,
             }],
             ..Default::default()
         };

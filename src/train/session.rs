@@ -13,7 +13,7 @@ use crate::config::{Config, Precision};
 use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::normalize::Normalize;
 use crate::data::{self, seed};
-use crate::device::{self, DeviceSpec};
+use crate::device;
 use crate::models::{self, ModelSpec};
 use crate::observe::Observers;
 use anyhow::{bail, Context};
@@ -72,9 +72,12 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     if cfg.train.threads > 0 {
         tch::set_num_threads(cfg.train.threads as i32);
     }
-    let device = DeviceSpec::parse(&cfg.train.device)
-        .and_then(|d| d.resolve())
+    let device = cfg
+        .train
+        .device
+        .resolve()
         .map_err(|e| crate::Error::Device(format!("train.device: {e}")))?;
+    crate::budget::check(&cfg, device.is_cuda(), t.force)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
@@ -108,12 +111,12 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
         bail!("the training or validation set is empty");
     }
     let num_classes = match cfg.model.num_classes {
-        0 => classes.len(),
-        n if n < classes.len() => bail!(
+        None => classes.len(),
+        Some(n) if n < classes.len() => bail!(
             "model.num_classes = {n} but the data has {} classes",
             classes.len()
         ),
-        n => n,
+        Some(n) => n,
     } as i64;
 
     tch::manual_seed(seed::combine(&[cfg.train.seed, seed::tag::MODEL_INIT]) as i64 & i64::MAX);
@@ -122,8 +125,8 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     models::check_unique_names(&vs)?;
 
     let mut observers = std::mem::take(&mut t.observers);
-    if !cfg.model.pretrained.is_empty() && resume.is_none() {
-        let line = load_pretrained(&vs, &spec, num_classes, &cfg)?;
+    if let (Some(pretrained), None) = (&cfg.model.pretrained, &resume) {
+        let line = load_pretrained(&vs, &spec, num_classes, Path::new(pretrained), &cfg)?;
         observers.message(&line)?;
     }
     if cfg.train.channels_last {
@@ -214,11 +217,11 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
         (Some(dir), _) => dir.clone(),
         (None, Some(out)) => crate::run_dir::create_exact(out, t.overwrite)?,
         (None, None) => {
-            let name = if cfg.checkpoint.name.is_empty() {
-                format!("{}-{}", spec.name(), cfg.data.kind.name())
-            } else {
-                cfg.checkpoint.name.clone()
-            };
+            let name = cfg
+                .checkpoint
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", spec.name(), cfg.data.kind.name()));
             crate::run_dir::create_fresh(Path::new(&cfg.checkpoint.dir), &name)?
         }
     };
@@ -258,11 +261,11 @@ fn load_pretrained(
     vs: &VarStore,
     spec: &ModelSpec,
     num_classes: i64,
+    path: &Path,
     cfg: &Config,
 ) -> anyhow::Result<String> {
-    let path = Path::new(&cfg.model.pretrained);
     let report = crate::weights::load_pretrained(vs, path, spec.head(), cfg.model.strict)
-        .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
+        .with_context(|| format!("model.pretrained = {:?}", path.display().to_string()))?;
     let head = if report.head_reinitialised.is_empty() {
         String::new()
     } else {

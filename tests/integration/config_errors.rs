@@ -101,11 +101,11 @@ fn unknown_model_lists_the_allowed_names() {
 fn out_of_range_values_name_the_key_and_the_range() {
     has(
         &err("[optimizer]\nlr = 0.0\n"),
-        &["optimizer.lr", "must be > 0"],
+        &["optimizer.lr", "must be in (0, 10], got 0"],
     );
     has(
         &err("[train]\nbatch_size = 0\n"),
-        &["train.batch_size", ">= 1"],
+        &["train.batch_size", "must be in [1, 65536], got 0"],
     );
     has(
         &err("[optimizer]\nmomentum = 1.5\n"),
@@ -167,7 +167,7 @@ fn overrides_are_validated_like_the_file() {
     );
     has(
         &err_set("", &["optimizer.lr=0"]),
-        &["optimizer.lr", "must be > 0"],
+        &["optimizer.lr", "must be in (0, 10], got 0"],
     );
     has(
         &err_set("", &["train.epochs.x=1"]),

@@ -8,6 +8,7 @@ mod data;
 mod engine;
 mod examples;
 mod export;
+mod hostile_config;
 mod linkage;
 mod resnet;
 mod training;
