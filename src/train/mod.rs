@@ -791,9 +791,14 @@ fn load_pretrained(
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let path = Path::new(&cfg.model.pretrained);
-    let report =
-        crate::weights::load_pretrained(vs, path, model.info().classifier, cfg.model.strict)
-            .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
+    let report = crate::weights::load_pretrained_ema(
+        vs,
+        path,
+        model.info().classifier,
+        cfg.model.strict,
+        cfg.model.pretrained_ema,
+    )
+    .with_context(|| format!("model.pretrained = {:?}", cfg.model.pretrained))?;
     let head = if report.head_reinitialised.is_empty() {
         String::new()
     } else {
