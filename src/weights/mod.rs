@@ -627,6 +627,36 @@ mod tests {
     }
 
     #[test]
+    fn ema_weights_are_set_apart_and_taken_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ema.safetensors");
+        let mut w = weights(4);
+        let ema: Vec<(String, Tensor)> = weights(4)
+            .into_iter()
+            .map(|(n, t)| (format!("ema/{n}"), t * 0.5))
+            .collect();
+        w.extend(ema);
+        std::fs::write(&path, tensor_io::serialize(&w, HashMap::new()).unwrap()).unwrap();
+        let file = read_tensors(&path).unwrap();
+        assert_eq!(file.tensors.len(), 3);
+        assert_eq!(file.ema.len(), 3);
+        assert_eq!(file.ema[0].0, "a.weight");
+        let vs = model(4);
+        let r = load_pretrained(&vs, &path, "fc", true).unwrap();
+        assert_eq!(r.ema, Some(true));
+        assert!(var(&vs, "a.weight").equal(&(&weights(4)[0].1 * 0.5)));
+        assert!(r.summary().contains("EMA weights"), "{}", r.summary());
+        let vs = model(4);
+        let r = load_pretrained_ema(&vs, &path, "fc", true, false).unwrap();
+        assert_eq!(r.ema, Some(false));
+        assert!(var(&vs, "a.weight").equal(&weights(4)[0].1));
+        assert!(r.summary().contains("raw weights"), "{}", r.summary());
+        // Without EMA weights the report says nothing about them.
+        let r = load_into(&model(4), &weights(4), "fc", true).unwrap();
+        assert_eq!(r.ema, None);
+    }
+
+    #[test]
     fn strips_data_parallel_prefix() {
         assert_eq!(strip_module("module.fc.weight".into()), "fc.weight");
         assert_eq!(strip_module("fc.weight".into()), "fc.weight");
