@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let meta = Meta {
         hondo_version: env!("CARGO_PKG_VERSION").into(),
         arch: "resnet18".into(),
+        head: None,
         num_classes: 4,
         classes: classes.clone(),
         image_size: 64,

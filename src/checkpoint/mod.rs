@@ -13,6 +13,7 @@
 pub mod atomic;
 pub mod policy;
 
+use crate::config::Arch;
 use crate::tensor_io;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -30,8 +31,14 @@ const EMA_PREFIX: &str = "ema/";
 /// What a checkpoint says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The hondo version that wrote the checkpoint.
     pub hondo_version: String,
+    /// The model: one of hondo's architectures (`resnet50`, ...) or a custom model's name.
     pub arch: String,
+    /// A custom model's classifier-head prefix (`None` for hondo's own architectures,
+    /// whose heads are known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
     pub num_classes: i64,
     /// Class names in label order.
     pub classes: Vec<String>,
@@ -85,6 +92,108 @@ pub enum CheckpointError {
         found: String,
         expected: String,
     },
+    /// The metadata contradicts itself, its tensors or a sane range.
+    #[error("{}: checkpoint metadata `{field}` {problem}", path.display())]
+    BadMeta {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// Range of `image_size` a checkpoint may declare (the eval input side, in pixels).
+pub const IMAGE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 8..=4096;
+
+/// Checks the metadata on its own: every field in its documented range.
+fn validate_meta(path: &Path, m: &Meta) -> Result<(), CheckpointError> {
+    let bad = |field: &'static str, problem: String| {
+        Err(CheckpointError::BadMeta {
+            path: path.into(),
+            field,
+            problem,
+        })
+    };
+    if m.arch.trim().is_empty() {
+        return bad("arch", "is empty".into());
+    }
+    if m.num_classes < 1 {
+        return bad(
+            "num_classes",
+            format!("must be >= 1, got {}", m.num_classes),
+        );
+    }
+    if m.classes.len() as u64 > m.num_classes as u64 {
+        return bad(
+            "classes",
+            format!(
+                "names {} classes but num_classes is {}",
+                m.classes.len(),
+                m.num_classes
+            ),
+        );
+    }
+    if !IMAGE_SIZE_RANGE.contains(&m.image_size) {
+        return bad(
+            "image_size",
+            format!(
+                "must be in {}..={}, got {}",
+                IMAGE_SIZE_RANGE.start(),
+                IMAGE_SIZE_RANGE.end(),
+                m.image_size
+            ),
+        );
+    }
+    if !(m.crop_fraction > 0.0 && m.crop_fraction <= 1.0) {
+        return bad(
+            "crop_fraction",
+            format!("must be in (0, 1], got {}", m.crop_fraction),
+        );
+    }
+    if !m.mean.iter().all(|v| v.is_finite()) {
+        return bad("mean", format!("must be finite, got {:?}", m.mean));
+    }
+    if !m.std.iter().all(|v| v.is_finite() && *v > 0.0) {
+        return bad("std", format!("must be finite and > 0, got {:?}", m.std));
+    }
+    Ok(())
+}
+
+/// Checks the metadata against the model's tensors: the classifier head has `num_classes`
+/// outputs.
+fn validate_against_tensors(
+    path: &Path,
+    m: &Meta,
+    model: &[(String, Tensor)],
+) -> Result<(), CheckpointError> {
+    let head = match crate::config::Arch::from_name(&m.arch) {
+        Some(arch) => crate::models::arch_info(arch).classifier.to_string(),
+        None => match &m.head {
+            Some(h) => h.clone(),
+            // A custom model of an older hondo: its head is not recorded.
+            None => return Ok(()),
+        },
+    };
+    let weight = format!("{head}.weight");
+    let Some((_, w)) = model.iter().find(|(n, _)| *n == weight) else {
+        return Err(CheckpointError::BadMeta {
+            path: path.into(),
+            field: "num_classes",
+            problem: format!("cannot be checked: the checkpoint has no tensor `{weight}`"),
+        });
+    };
+    let rows = w.size().first().copied();
+    if w.dim() != 2 || rows != Some(m.num_classes) {
+        return Err(CheckpointError::BadMeta {
+            path: path.into(),
+            field: "num_classes",
+            problem: format!(
+                "is {} but the classifier `{weight}` has shape {:?}",
+                m.num_classes,
+                w.size()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Serialises a checkpoint without EMA weights.
@@ -127,10 +236,15 @@ pub fn to_bytes_with_ema(
     tensor_io::serialize(&tensors, metadata)
 }
 
-/// Reads a whole checkpoint.
+/// Reads a whole checkpoint, checking its metadata against sane ranges and its tensors.
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io(path.into(), e))?;
-    let (tensors, metadata) = tensor_io::deserialize(&bytes)
+    from_bytes(path, &bytes)
+}
+
+/// [`read`] from bytes already in memory; `path` names the checkpoint in errors.
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    let (tensors, metadata) = tensor_io::deserialize(bytes)
         .map_err(|e| CheckpointError::NotACheckpoint(path.into(), e.to_string()))?;
     let meta = parse_meta(path, &metadata)?;
     let (mut model, mut optimizer, mut ema) = (Vec::new(), Vec::new(), Vec::new());
@@ -143,6 +257,7 @@ pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
             model.push((n, t));
         }
     }
+    validate_against_tensors(path, &meta, &model)?;
     Ok(Checkpoint {
         meta,
         model,
@@ -195,7 +310,10 @@ fn parse_meta(path: &Path, metadata: &HashMap<String, String>) -> Result<Meta, C
     let meta = metadata
         .get("hondo.meta")
         .ok_or_else(|| not("no hondo.meta"))?;
-    serde_json::from_str(meta).map_err(|e| not(&format!("bad hondo.meta: {e}")))
+    let meta: Meta =
+        serde_json::from_str(meta).map_err(|e| not(&format!("bad hondo.meta: {e}")))?;
+    validate_meta(path, &meta)?;
+    Ok(meta)
 }
 
 /// File names inside a run directory.
@@ -276,10 +394,22 @@ fn restore_impl(
         &ckpt.meta.config,
         &format!("{} (embedded config)", path.display()),
     )?;
+    if Arch::from_name(&ckpt.meta.arch).is_some() && config.model.arch.name() != ckpt.meta.arch {
+        return Err(CheckpointError::BadMeta {
+            path: path.into(),
+            field: "arch",
+            problem: format!(
+                "is {} but the embedded config says model.arch = {}",
+                ckpt.meta.arch,
+                config.model.arch.name()
+            ),
+        }
+        .into());
+    }
     let spec = match spec {
         Some(s) => s.clone(),
         None => {
-            if crate::config::Arch::from_name(&ckpt.meta.arch).is_none() {
+            if Arch::from_name(&ckpt.meta.arch).is_none() {
                 anyhow::bail!(
                     "{}: the checkpoint is of a custom model `{}`, which this program cannot build \
                      (library users: checkpoint::restore_with)",
@@ -324,7 +454,8 @@ pub fn copy_exact(vs: &tch::nn::VarStore, tensors: &[(String, Tensor)]) -> anyho
                 var.size()
             );
         }
-        tch::no_grad(|| var.shallow_clone().copy_(t));
+        tch::no_grad(|| var.shallow_clone().f_copy_(t))
+            .map_err(|e| anyhow::anyhow!("copying tensor `{name}`: {e}"))?;
     }
     if let Some(name) = vars.keys().next() {
         anyhow::bail!("the checkpoint lacks tensor `{name}`");
@@ -340,6 +471,7 @@ mod tests {
         Meta {
             hondo_version: "0".into(),
             arch: "small_cnn".into(),
+            head: None,
             num_classes: 2,
             classes: vec!["a".into(), "b".into()],
             image_size: 32,
@@ -360,20 +492,88 @@ mod tests {
     fn round_trip_and_header_only_read() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(epoch_file(3));
-        let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
-        let opt = vec![("w.step".to_string(), Tensor::from(4i64))];
-        let ema = vec![("w".to_string(), Tensor::from_slice(&[0.5f32, 1.0]))];
+        let model = vec![("classifier.weight".to_string(), head(&[1.0, 2.0]))];
+        let opt = vec![("classifier.weight.step".to_string(), Tensor::from(4i64))];
+        let ema = vec![("classifier.weight".to_string(), head(&[0.5, 1.0]))];
         atomic::write(&p, &to_bytes_with_ema(&meta(), &model, &opt, &ema).unwrap()).unwrap();
         let c = read(&p).unwrap();
         assert_eq!(c.meta, meta());
-        assert_eq!(c.model[0].0, "w");
+        assert_eq!(c.model[0].0, "classifier.weight");
         assert!(c.model[0].1.equal(&model[0].1));
-        assert_eq!(c.optimizer[0].0, "w.step");
+        assert_eq!(c.optimizer[0].0, "classifier.weight.step");
         assert_eq!(c.model.len(), 1);
-        assert_eq!(c.ema[0].0, "w");
+        assert_eq!(c.ema[0].0, "classifier.weight");
         assert!(c.ema[0].1.equal(&ema[0].1));
         assert_eq!(read_meta(&p).unwrap(), meta());
         assert_eq!(list_kept(dir.path(), "val_acc"), vec![(3, 0.75)]);
+    }
+
+    /// A `[2, 1]` classifier weight for [`meta`]'s two classes.
+    fn head(values: &[f32]) -> Tensor {
+        Tensor::from_slice(values).view([2, 1])
+    }
+
+    /// Writes a checkpoint with [`meta`] changed by `edit` and a two-class head.
+    fn crafted(dir: &Path, edit: impl FnOnce(&mut Meta)) -> PathBuf {
+        let mut m = meta();
+        edit(&mut m);
+        let p = dir.join("crafted.safetensors");
+        let model = vec![("classifier.weight".to_string(), head(&[1.0, 2.0]))];
+        atomic::write(&p, &to_bytes(&m, &model, &[]).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn lying_metadata_is_refused_naming_field_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        type Edit = fn(&mut Meta);
+        let cases: &[(&str, Edit)] = &[
+            ("num_classes", |m| m.num_classes = -3),
+            ("num_classes", |m| m.num_classes = 0),
+            ("num_classes", |m| m.num_classes = 5),
+            ("classes", |m| m.classes = vec!["x".into(); 3]),
+            ("image_size", |m| m.image_size = 0),
+            ("image_size", |m| m.image_size = 100_000),
+            ("crop_fraction", |m| m.crop_fraction = 0.0),
+            ("crop_fraction", |m| m.crop_fraction = 1.5),
+            ("std", |m| m.std[2] = 0.0),
+            ("std", |m| m.std[0] = -1.0),
+            ("arch", |m| m.arch = "vgg16".into()),
+        ];
+        for (field, edit) in cases {
+            let p = crafted(dir.path(), edit);
+            let e = read(&p).unwrap_err();
+            assert!(
+                matches!(&e, CheckpointError::BadMeta { field: f, .. } if f == field),
+                "{field}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("crafted.safetensors") && msg.contains(&format!("`{field}`")),
+                "{msg}"
+            );
+            // Fields checkable without the tensors are refused by the header-only read too.
+            if !(*field == "num_classes" && msg.contains("classifier")) {
+                assert!(read_meta(&p).is_err(), "{field}: read_meta accepted it");
+            }
+        }
+        // JSON cannot hold a non-finite number (serde_json writes `null`), but a reader
+        // must not rely on that.
+        let mut m = meta();
+        m.mean[1] = f64::NAN;
+        let e = validate_meta(Path::new("m.safetensors"), &m).unwrap_err();
+        assert!(e.to_string().contains("`mean` must be finite"), "{e}");
+        // The unchanged metadata reads.
+        read(&crafted(dir.path(), |_| {})).unwrap();
+        // A head that is not a matrix is refused too.
+        let p = dir.path().join("flat.safetensors");
+        let model = vec![(
+            "classifier.weight".to_string(),
+            Tensor::from_slice(&[1f32, 2.]),
+        )];
+        atomic::write(&p, &to_bytes(&meta(), &model, &[]).unwrap()).unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains("`num_classes`") && e.contains("[2]"), "{e}");
     }
 
     #[test]

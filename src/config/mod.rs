@@ -99,6 +99,9 @@ pub struct ModelConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub pretrained: Option<String>,
+    /// When `pretrained` is a hondo checkpoint of a run with `train.ema_decay > 0`, start
+    /// from its moving-average (EMA) weights (as timm does); `false` takes its raw weights.
+    pub pretrained_ema: bool,
     /// Fail on any missing, unexpected or mis-shaped tensor in `pretrained` (except a
     /// classifier head with another class count, which is re-initialised).
     pub strict: bool,
@@ -123,6 +126,7 @@ impl Default for ModelConfig {
             dropout: 0.0,
             zero_init_residual: false,
             pretrained: None,
+            pretrained_ema: true,
             strict: true,
             freeze: Vec::new(),
             unfreeze_at_epoch: None,

@@ -15,6 +15,7 @@ fn meta(s: &Session, pos: &Position) -> Meta {
     Meta {
         hondo_version: env!("CARGO_PKG_VERSION").to_string(),
         arch: s.spec.name().to_string(),
+        head: s.spec.arch().is_none().then(|| s.spec.head().to_string()),
         num_classes: s.num_classes,
         classes: s.classes.clone(),
         image_size: s.cfg.data.image_size,

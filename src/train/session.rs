@@ -264,8 +264,14 @@ fn load_pretrained(
     path: &Path,
     cfg: &Config,
 ) -> anyhow::Result<String> {
-    let report = crate::weights::load_pretrained(vs, path, spec.head(), cfg.model.strict)
-        .with_context(|| format!("model.pretrained = {:?}", path.display().to_string()))?;
+    let report = crate::weights::load_pretrained_ema(
+        vs,
+        path,
+        spec.head(),
+        cfg.model.strict,
+        cfg.model.pretrained_ema,
+    )
+    .with_context(|| format!("model.pretrained = {:?}", path.display().to_string()))?;
     let head = if report.head_reinitialised.is_empty() {
         String::new()
     } else {

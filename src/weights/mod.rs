@@ -12,7 +12,14 @@
 //! Checkpoints wrapped as `{"state_dict": ...}` or `{"model": ...}` are unwrapped and a
 //! leading `module.` (DataParallel) is stripped from every name. Tensors under
 //! `optimizer/` (the optimizer state in hondo's own checkpoints) are skipped, so a hondo
-//! checkpoint loads as pretrained weights.
+//! checkpoint loads as pretrained weights. Its moving average (`ema/<name>`, from
+//! `train.ema_decay > 0`) is kept apart in [`TensorFile::ema`]; as timm does, a fine-tune
+//! takes those averaged weights by default and the raw ones on request
+//! (`model.pretrained_ema = false`).
+//!
+//! Every reader checks what a file claims against what it holds before allocating: the
+//! unpickler bounds nesting and object counts, `.pth` storages and views are checked
+//! against the bytes present, safetensors offsets against the file.
 //!
 //! [`load_into`] follows timm's `load_pretrained`: a classifier head whose shape differs
 //! (another class count) is dropped and stays freshly initialised; any other missing,
@@ -90,6 +97,9 @@ pub enum Format {
 pub struct TensorFile {
     /// Names (wrapper and `module.` stripped) and CPU tensors, in file order.
     pub tensors: Vec<(String, Tensor)>,
+    /// The moving average of the weights in a hondo checkpoint (`ema/<name>`, prefix
+    /// stripped); empty for other files.
+    pub ema: Vec<(String, Tensor)>,
     /// The safetensors `__metadata__`; empty for other formats.
     pub metadata: HashMap<String, String>,
     pub format: Format,
@@ -98,40 +108,18 @@ pub struct TensorFile {
 /// Reads every tensor of a weights file, choosing the format by extension.
 pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> {
     let path = path.as_ref();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
     let io = |source| WeightsError::Io {
         path: path.to_owned(),
         source,
     };
-    let malformed = |reason: String| WeightsError::Malformed {
-        path: path.to_owned(),
-        reason,
-    };
-    let (tensors, metadata, format) = match ext.as_deref() {
+    match extension(path).as_deref() {
         Some("safetensors") => {
             let bytes = std::fs::read(path).map_err(io)?;
-            let (tensors, metadata) =
-                tensor_io::deserialize(&bytes).map_err(|e| malformed(e.to_string()))?;
-            (tensors, metadata, Format::Safetensors)
+            read_bytes(path, &bytes)
         }
         Some("pth" | "pt" | "bin" | "tar") => {
             let file = std::fs::File::open(path).map_err(io)?;
-            let (format, tensors) =
-                torch_file::read(std::io::BufReader::new(file)).map_err(|e| match e {
-                    torch_file::ReadError::Malformed(reason) => malformed(reason),
-                    torch_file::ReadError::Forbidden(global) => WeightsError::ForbiddenGlobal {
-                        path: path.to_owned(),
-                        global,
-                    },
-                })?;
-            let format = match format {
-                torch_file::TorchFormat::Zip => Format::TorchZip,
-                torch_file::TorchFormat::Legacy => Format::TorchLegacy,
-            };
-            (tensors, HashMap::new(), format)
+            read_torch(path, std::io::BufReader::new(file))
         }
         Some("ot") => {
             // libtorch reports a missing file obscurely: check first.
@@ -140,25 +128,88 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> 
                 path: path.to_owned(),
                 source,
             })?;
-            (tensors, HashMap::new(), Format::Libtorch)
+            Ok(finish(tensors, HashMap::new(), Format::Libtorch))
         }
-        _ => {
-            return Err(WeightsError::UnknownFormat {
-                path: path.to_owned(),
-            })
+        _ => Err(WeightsError::UnknownFormat {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// [`read_tensors`] over bytes already in memory, for `.safetensors` and `torch.save`
+/// files (`.ot` needs a path: libtorch reads it); `path` chooses the format and names the
+/// file in errors.
+pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<TensorFile, WeightsError> {
+    match extension(path).as_deref() {
+        Some("safetensors") => {
+            let (tensors, metadata) =
+                tensor_io::deserialize(bytes).map_err(|e| WeightsError::Malformed {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            Ok(finish(tensors, metadata, Format::Safetensors))
         }
+        Some("pth" | "pt" | "bin" | "tar") => read_torch(path, std::io::Cursor::new(bytes)),
+        _ => Err(WeightsError::UnknownFormat {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+fn read_torch(
+    path: &Path,
+    r: impl std::io::Read + std::io::Seek,
+) -> Result<TensorFile, WeightsError> {
+    let (format, tensors) = torch_file::read(r).map_err(|e| match e {
+        torch_file::ReadError::Malformed(reason) => WeightsError::Malformed {
+            path: path.to_owned(),
+            reason,
+        },
+        torch_file::ReadError::Forbidden(global) => WeightsError::ForbiddenGlobal {
+            path: path.to_owned(),
+            global,
+        },
+    })?;
+    let format = match format {
+        torch_file::TorchFormat::Zip => Format::TorchZip,
+        torch_file::TorchFormat::Legacy => Format::TorchLegacy,
     };
-    let tensors = tensors
-        .into_iter()
-        .filter(|(k, _)| !is_optimizer_state(k))
-        .map(|(k, t)| (strip_module(k), t))
-        .collect();
-    Ok(TensorFile {
-        tensors,
+    Ok(finish(tensors, HashMap::new(), format))
+}
+
+/// Drops optimizer state, sets EMA weights apart, strips `module.`.
+fn finish(
+    tensors: Vec<(String, Tensor)>,
+    metadata: HashMap<String, String>,
+    format: Format,
+) -> TensorFile {
+    let mut model = Vec::new();
+    let mut ema = Vec::new();
+    for (name, t) in tensors {
+        if is_optimizer_state(&name) {
+            continue;
+        }
+        match name.strip_prefix(EMA_PREFIX) {
+            Some(rest) => ema.push((strip_module(rest.to_owned()), t)),
+            None => model.push((strip_module(name), t)),
+        }
+    }
+    TensorFile {
+        tensors: model,
+        ema,
         metadata,
         format,
-    })
+    }
 }
+
+/// Moving-average weights in a hondo checkpoint (`ema/<name>`).
+const EMA_PREFIX: &str = "ema/";
 
 /// Optimizer state in a hondo checkpoint (`optimizer/<param>.<field>`): not model weights.
 fn is_optimizer_state(name: &str) -> bool {
@@ -187,6 +238,9 @@ pub struct LoadReport {
     /// Variables whose shape differs: name, the model's shape, the file's shape (lenient
     /// load only).
     pub mismatched: Vec<(String, Vec<i64>, Vec<i64>)>,
+    /// Which weights of a file with a moving average were taken: `Some(true)` the EMA
+    /// weights, `Some(false)` the raw ones; `None` when the file has no EMA weights.
+    pub ema: Option<bool>,
 }
 
 impl LoadReport {
@@ -224,6 +278,17 @@ impl LoadReport {
                 names.len(),
                 short_list(&names)
             ));
+        }
+        match self.ema {
+            Some(true) => parts.push(
+                "the checkpoint's EMA weights (model.pretrained_ema = false takes the raw ones)"
+                    .into(),
+            ),
+            Some(false) => parts.push(
+                "the checkpoint's raw weights, not its EMA weights (model.pretrained_ema = false)"
+                    .into(),
+            ),
+            None => {}
         }
         parts.join("; ")
     }
@@ -340,15 +405,36 @@ pub fn load_into(
     Ok(report)
 }
 
-/// Reads a weights file ([`read_tensors`]) and loads it into `vs` ([`load_into`]).
+/// Reads a weights file ([`read_tensors`]) and loads it into `vs` ([`load_into`]); a
+/// file with EMA weights loads those ([`load_pretrained_ema`] chooses).
 pub fn load_pretrained(
     vs: &VarStore,
     path: impl AsRef<Path>,
     classifier_prefix: &str,
     strict: bool,
 ) -> Result<LoadReport, WeightsError> {
+    load_pretrained_ema(vs, path, classifier_prefix, strict, true)
+}
+
+/// [`load_pretrained`], taking a file's EMA weights when `use_ema` and it has them, its
+/// raw weights otherwise; the report says which.
+pub fn load_pretrained_ema(
+    vs: &VarStore,
+    path: impl AsRef<Path>,
+    classifier_prefix: &str,
+    strict: bool,
+    use_ema: bool,
+) -> Result<LoadReport, WeightsError> {
     let file = read_tensors(path)?;
-    load_into(vs, &file.tensors, classifier_prefix, strict)
+    let has_ema = !file.ema.is_empty();
+    let tensors = if use_ema && has_ema {
+        &file.ema
+    } else {
+        &file.tensors
+    };
+    let mut report = load_into(vs, tensors, classifier_prefix, strict)?;
+    report.ema = has_ema.then_some(use_ema);
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -538,6 +624,36 @@ mod tests {
         let vs = model(4);
         let r = load_pretrained(&vs, &path, "fc", true).unwrap();
         assert_eq!(r.loaded.len(), 3);
+    }
+
+    #[test]
+    fn ema_weights_are_set_apart_and_taken_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ema.safetensors");
+        let mut w = weights(4);
+        let ema: Vec<(String, Tensor)> = weights(4)
+            .into_iter()
+            .map(|(n, t)| (format!("ema/{n}"), t * 0.5))
+            .collect();
+        w.extend(ema);
+        std::fs::write(&path, tensor_io::serialize(&w, HashMap::new()).unwrap()).unwrap();
+        let file = read_tensors(&path).unwrap();
+        assert_eq!(file.tensors.len(), 3);
+        assert_eq!(file.ema.len(), 3);
+        assert_eq!(file.ema[0].0, "a.weight");
+        let vs = model(4);
+        let r = load_pretrained(&vs, &path, "fc", true).unwrap();
+        assert_eq!(r.ema, Some(true));
+        assert!(var(&vs, "a.weight").equal(&(&weights(4)[0].1 * 0.5)));
+        assert!(r.summary().contains("EMA weights"), "{}", r.summary());
+        let vs = model(4);
+        let r = load_pretrained_ema(&vs, &path, "fc", true, false).unwrap();
+        assert_eq!(r.ema, Some(false));
+        assert!(var(&vs, "a.weight").equal(&weights(4)[0].1));
+        assert!(r.summary().contains("raw weights"), "{}", r.summary());
+        // Without EMA weights the report says nothing about them.
+        let r = load_into(&model(4), &weights(4), "fc", true).unwrap();
+        assert_eq!(r.ema, None);
     }
 
     #[test]

@@ -7,11 +7,26 @@
 //! error naming it. Nothing from the file is ever called: `REDUCE` on a whitelisted global
 //! builds a [`Value`] in Rust, tensors stay descriptions ([`TensorSpec`]) until the caller
 //! reads their storages.
+//!
+//! A hostile file cannot exhaust the machine through it: containers nest at most
+//! [`MAX_DEPTH`] deep, at most [`MAX_OBJECTS`] objects are made (items copied count), the
+//! stack, marks and memo are bounded, every clone is a reference count (strings, bytes and
+//! tuples are shared), and nested values are dropped iteratively, never recursively.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 use tch::Kind;
+
+/// Deepest nesting of containers accepted (a state dict needs about 5; Python's own
+/// recursion limit is 1000).
+pub const MAX_DEPTH: usize = 200;
+/// Most objects one pickle may make, items copied by `OrderedDict` included (a ResNet-152
+/// state dict makes about 15 000).
+pub const MAX_OBJECTS: usize = 5_000_000;
+/// Largest tensor rank accepted.
+pub const MAX_RANK: usize = 64;
 
 /// Why a pickle could not be read.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,18 +80,161 @@ pub enum Value {
     Int(i128),
     // Floats and bytes appear only in metadata; kept for `Debug` in error messages.
     Float(#[allow(dead_code)] f64),
-    Str(String),
-    Bytes(#[allow(dead_code)] Vec<u8>),
-    Tuple(Vec<Value>),
+    Str(Rc<str>),
+    Bytes(#[allow(dead_code)] Rc<[u8]>),
+    Tuple(Rc<Items>),
     /// Lists and dicts are shared (the memo may hold them while they are still being filled).
-    List(Rc<RefCell<Vec<Value>>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    List(Rc<RefCell<Items>>),
+    Dict(Rc<RefCell<Pairs>>),
     Global(Global),
     Storage(StorageRef),
     Tensor(TensorSpec),
 }
 
+/// The items of a tuple or list. Dropped iteratively, so that nesting cannot overflow the
+/// stack; `Debug` shows only the count.
+#[derive(Default)]
+pub struct Items {
+    pub items: Vec<Value>,
+    /// Nesting depth of the container holding these items (1 for flat).
+    depth: usize,
+}
+
+/// The entries of a dict, in insertion order; dropped iteratively like [`Items`].
+#[derive(Default)]
+pub struct Pairs {
+    pub items: Vec<(Value, Value)>,
+    depth: usize,
+}
+
+impl Items {
+    /// Moves the items out (the emptied container is then dropped trivially).
+    fn take(mut self) -> Vec<Value> {
+        std::mem::take(&mut self.items)
+    }
+
+    fn new(items: Vec<Value>) -> Items {
+        let depth = 1 + items.iter().map(Value::depth).max().unwrap_or(0);
+        Items { items, depth }
+    }
+}
+
+impl Pairs {
+    fn take(mut self) -> Vec<(Value, Value)> {
+        std::mem::take(&mut self.items)
+    }
+
+    fn new(items: Vec<(Value, Value)>) -> Pairs {
+        let depth = 1 + items
+            .iter()
+            .map(|(k, v)| k.depth().max(v.depth()))
+            .max()
+            .unwrap_or(0);
+        Pairs { items, depth }
+    }
+}
+
+impl Deref for Items {
+    type Target = Vec<Value>;
+    fn deref(&self) -> &Vec<Value> {
+        &self.items
+    }
+}
+
+impl DerefMut for Items {
+    fn deref_mut(&mut self) -> &mut Vec<Value> {
+        &mut self.items
+    }
+}
+
+impl Deref for Pairs {
+    type Target = Vec<(Value, Value)>;
+    fn deref(&self) -> &Vec<(Value, Value)> {
+        &self.items
+    }
+}
+
+impl std::fmt::Debug for Items {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} items]", self.items.len())
+    }
+}
+
+impl std::fmt::Debug for Pairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{{{} entries}}", self.items.len())
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        drop_iteratively(std::mem::take(&mut self.items));
+    }
+}
+
+impl Drop for Pairs {
+    fn drop(&mut self) {
+        let flat = std::mem::take(&mut self.items)
+            .into_iter()
+            .flat_map(|(k, v)| [k, v])
+            .collect();
+        drop_iteratively(flat);
+    }
+}
+
+/// Drops values with a work list instead of recursion: the items of every container owned
+/// only by the list are moved onto it before the (then empty) container is freed.
+fn drop_iteratively(mut work: Vec<Value>) {
+    while let Some(v) = work.pop() {
+        match v {
+            Value::Tuple(rc) => {
+                if let Ok(mut items) = Rc::try_unwrap(rc) {
+                    work.append(&mut items.items);
+                }
+            }
+            Value::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.append(&mut cell.into_inner().items);
+                }
+            }
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    let mut pairs = cell.into_inner();
+                    for (k, v) in pairs.items.drain(..) {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Value {
+    fn list(items: Vec<Value>) -> Value {
+        Value::List(Rc::new(RefCell::new(Items::new(items))))
+    }
+
+    fn tuple(items: Vec<Value>) -> Value {
+        Value::Tuple(Rc::new(Items::new(items)))
+    }
+
+    fn dict(items: Vec<(Value, Value)>) -> Value {
+        Value::Dict(Rc::new(RefCell::new(Pairs::new(items))))
+    }
+
+    /// Nesting depth: 0 for a scalar, 1 for a flat container. A list or dict that is
+    /// currently being filled (a self-reference) counts as its recorded depth.
+    fn depth(&self) -> usize {
+        match self {
+            Value::Tuple(t) => t.depth,
+            Value::List(l) => l.try_borrow().map_or(MAX_DEPTH, |l| l.depth),
+            Value::Dict(d) => d.try_borrow().map_or(MAX_DEPTH, |d| d.depth),
+            _ => 0,
+        }
+    }
+
     /// A short name of the value's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -101,7 +259,7 @@ impl Value {
             Value::Dict(d) => d
                 .borrow()
                 .iter()
-                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
                 .map(|(_, v)| v.clone()),
             _ => None,
         }
@@ -162,6 +320,9 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
     storages: Vec<StorageRef>,
+    storage_keys: HashSet<String>,
+    /// Objects made so far, against [`MAX_OBJECTS`].
+    objects: usize,
 }
 
 /// Interprets one pickle starting at `start` in `data`, up to and including its `STOP`.
@@ -173,6 +334,8 @@ pub fn unpickle(data: &[u8], start: usize) -> Result<Unpickled, PickleError> {
         marks: Vec::new(),
         memo: HashMap::new(),
         storages: Vec::new(),
+        storage_keys: HashSet::new(),
+        objects: 0,
     };
     let value = m.run()?;
     Ok(Unpickled {
@@ -257,6 +420,25 @@ impl Machine<'_> {
         }
     }
 
+    /// Counts `n` objects against [`MAX_OBJECTS`].
+    fn charge(&mut self, n: usize, at: usize) -> Result<(), PickleError> {
+        self.objects = self.objects.saturating_add(n);
+        if self.objects > MAX_OBJECTS {
+            return malformed(format!(
+                "more than {MAX_OBJECTS} objects by byte {at} (not a state dict PyTorch writes)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pushes a value; containers deeper than [`MAX_DEPTH`] are refused.
+    fn push(&mut self, v: Value, at: usize) -> Result<(), PickleError> {
+        self.charge(1, at)?;
+        check_depth(v.depth(), at)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
     fn pop(&mut self, op: u8) -> Result<Value, PickleError> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
@@ -291,16 +473,19 @@ impl Machine<'_> {
     }
 
     fn memo_put(&mut self, idx: u64, op: u8) -> Result<(), PickleError> {
+        let at = self.pos;
+        self.charge(1, at)?;
         let v = self.top(op)?.clone();
         self.memo.insert(idx, v);
         Ok(())
     }
 
     fn memo_get(&mut self, idx: u64) -> Result<(), PickleError> {
+        let at = self.pos;
         match self.memo.get(&idx) {
             Some(v) => {
-                self.stack.push(v.clone());
-                Ok(())
+                let v = v.clone();
+                self.push(v, at)
             }
             None => malformed(format!(
                 "memo key {idx} read before it was written (byte {})",
@@ -311,8 +496,8 @@ impl Machine<'_> {
 
     fn push_global(&mut self, module: &str, name: &str) -> Result<(), PickleError> {
         let g = resolve_global(module, name)?;
-        self.stack.push(Value::Global(g));
-        Ok(())
+        let at = self.pos;
+        self.push(Value::Global(g), at)
     }
 
     fn run(&mut self) -> Result<Value, PickleError> {
@@ -336,23 +521,30 @@ impl Machine<'_> {
                     let v = self.pop(op)?;
                     return Ok(v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.stack.push(Value::Dict(Rc::default())),
-                b']' => self.stack.push(Value::List(Rc::default())),
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b'(' => {
+                    if self.marks.len() >= MAX_DEPTH {
+                        return malformed(format!(
+                            "more than {MAX_DEPTH} nested MARKs at byte {at} (not a state dict PyTorch writes)"
+                        ));
+                    }
+                    self.marks.push(self.stack.len())
+                }
+                b'}' => self.push(Value::dict(Vec::new()), at)?,
+                b']' => self.push(Value::list(Vec::new()), at)?,
+                b')' => self.push(Value::tuple(Vec::new()), at)?,
                 // DICT, LIST, TUPLE from the items above the mark
                 b'd' => {
                     let items = self.pop_mark(op)?;
                     let pairs = pairs(items, at)?;
-                    self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs))));
+                    self.push(Value::dict(pairs), at)?;
                 }
                 b'l' => {
                     let items = self.pop_mark(op)?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push(Value::list(items), at)?;
                 }
                 b't' => {
                     let items = self.pop_mark(op)?;
-                    self.stack.push(Value::Tuple(items));
+                    self.push(Value::tuple(items), at)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -361,7 +553,7 @@ impl Machine<'_> {
                         items.push(self.pop(op)?);
                     }
                     items.reverse();
-                    self.stack.push(Value::Tuple(items));
+                    self.push(Value::tuple(items), at)?;
                 }
                 // POP, POP_MARK, DUP
                 b'0' => {
@@ -372,7 +564,7 @@ impl Machine<'_> {
                 }
                 b'2' => {
                     let v = self.top(op)?.clone();
-                    self.stack.push(v);
+                    self.push(v, at)?;
                 }
                 // Strings: BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
                 b'X' | 0x8c | 0x8d => {
@@ -383,14 +575,14 @@ impl Machine<'_> {
                     };
                     let n = self.len(n)?;
                     let s = self.utf8(n)?;
-                    self.stack.push(Value::Str(s));
+                    self.push(Value::Str(s.into()), at)?;
                 }
                 // Python 2 byte strings (BINSTRING, SHORT_BINSTRING): text in legacy files.
                 b'T' | b'U' => {
                     let n = if op == b'T' { self.u32()? as u64 } else { self.u8()? as u64 };
                     let n = self.len(n)?;
                     let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Value::Str(s));
+                    self.push(Value::Str(s.into()), at)?;
                 }
                 // BINBYTES, SHORT_BINBYTES, BINBYTES8
                 b'B' | b'C' | 0x8e => {
@@ -401,20 +593,20 @@ impl Machine<'_> {
                     };
                     let n = self.len(n)?;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b.into()), at)?;
                 }
                 // Integers: BININT, BININT1, BININT2, LONG1, LONG4, INT (text)
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v as i128));
+                    self.push(Value::Int(v as i128), at)?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i128));
+                    self.push(Value::Int(v as i128), at)?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.stack.push(Value::Int(v as i128));
+                    self.push(Value::Int(v as i128), at)?;
                 }
                 0x8a | 0x8b => {
                     let n = if op == 0x8a { self.u8()? as u64 } else { self.u32()? as u64 };
@@ -431,7 +623,7 @@ impl Machine<'_> {
                     if n > 0 && n < 16 && b[n - 1] & 0x80 != 0 {
                         v -= 1i128 << (8 * n);
                     }
-                    self.stack.push(Value::Int(v));
+                    self.push(Value::Int(v), at)?;
                 }
                 b'I' => {
                     let line = self.line()?;
@@ -443,22 +635,28 @@ impl Machine<'_> {
                             Err(_) => return malformed(format!("bad INT {s:?} at byte {at}")),
                         },
                     };
-                    self.stack.push(v);
+                    self.push(v, at)?;
                 }
                 // BINFLOAT (big-endian)
                 b'G' => {
                     let v = f64::from_bits(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")));
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v), at)?;
                 }
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                b'N' => self.stack.push(Value::None),
+                0x88 => self.push(Value::Bool(true), at)?,
+                0x89 => self.push(Value::Bool(false), at)?,
+                b'N' => self.push(Value::None, at)?,
                 // SETITEM, SETITEMS
                 b's' => {
                     let v = self.pop(op)?;
                     let k = self.pop(op)?;
+                    let depth = 1 + k.depth().max(v.depth());
+                    check_depth(depth, at)?;
                     match self.top(op)? {
-                        Value::Dict(d) => d.borrow_mut().push((k, v)),
+                        Value::Dict(d) => {
+                            let mut d = d.borrow_mut();
+                            d.depth = d.depth.max(depth);
+                            d.items.push((k, v))
+                        }
                         other => {
                             return malformed(format!("SETITEM on a {} at byte {at}", other.type_name()))
                         }
@@ -466,9 +664,14 @@ impl Machine<'_> {
                 }
                 b'u' => {
                     let items = self.pop_mark(op)?;
-                    let new = pairs(items, at)?;
+                    let new = Pairs::new(pairs(items, at)?);
+                    check_depth(new.depth, at)?;
                     match self.top(op)? {
-                        Value::Dict(d) => d.borrow_mut().extend(new),
+                        Value::Dict(d) => {
+                            let mut d = d.borrow_mut();
+                            d.depth = d.depth.max(new.depth);
+                            d.items.append(&mut Pairs::take(new))
+                        }
                         other => {
                             return malformed(format!("SETITEMS on a {} at byte {at}", other.type_name()))
                         }
@@ -477,17 +680,28 @@ impl Machine<'_> {
                 // APPEND, APPENDS
                 b'a' => {
                     let v = self.pop(op)?;
+                    let depth = 1 + v.depth();
+                    check_depth(depth, at)?;
                     match self.top(op)? {
-                        Value::List(l) => l.borrow_mut().push(v),
+                        Value::List(l) => {
+                            let mut l = l.borrow_mut();
+                            l.depth = l.depth.max(depth);
+                            l.items.push(v)
+                        }
                         other => {
                             return malformed(format!("APPEND on a {} at byte {at}", other.type_name()))
                         }
                     }
                 }
                 b'e' => {
-                    let items = self.pop_mark(op)?;
+                    let items = Items::new(self.pop_mark(op)?);
+                    check_depth(items.depth, at)?;
                     match self.top(op)? {
-                        Value::List(l) => l.borrow_mut().extend(items),
+                        Value::List(l) => {
+                            let mut l = l.borrow_mut();
+                            l.depth = l.depth.max(items.depth);
+                            l.items.append(&mut Items::take(items))
+                        }
                         other => {
                             return malformed(format!("APPENDS on a {} at byte {at}", other.type_name()))
                         }
@@ -546,8 +760,15 @@ impl Machine<'_> {
                 b'R' => {
                     let args = self.pop(op)?;
                     let callable = self.pop(op)?;
+                    if let (Value::Global(Global::OrderedDict), Value::Tuple(t)) = (&callable, &args) {
+                        if let Some(Value::List(l)) = t.first() {
+                            // Its items are copied: count them.
+                            let n = l.borrow().len();
+                            self.charge(n, at)?;
+                        }
+                    }
                     let v = reduce(callable, args, at)?;
-                    self.stack.push(v);
+                    self.push(v, at)?;
                 }
                 // BUILD: only the `_metadata` of an OrderedDict or a tensor's (empty) state.
                 b'b' => {
@@ -563,10 +784,10 @@ impl Machine<'_> {
                 b'Q' => {
                     let pid = self.pop(op)?;
                     let s = persistent_storage(pid, at)?;
-                    if !self.storages.iter().any(|r| r.key == s.key) {
+                    if self.storage_keys.insert(s.key.clone()) {
                         self.storages.push(s.clone());
                     }
-                    self.stack.push(Value::Storage(s));
+                    self.push(Value::Storage(s), at)?;
                 }
                 other => {
                     return malformed(format!(
@@ -576,6 +797,15 @@ impl Machine<'_> {
             }
         }
     }
+}
+
+fn check_depth(depth: usize, at: usize) -> Result<(), PickleError> {
+    if depth > MAX_DEPTH {
+        return malformed(format!(
+            "containers nest more than {MAX_DEPTH} deep at byte {at} (not a state dict PyTorch writes)"
+        ));
+    }
+    Ok(())
 }
 
 fn pairs(items: Vec<Value>, at: usize) -> Result<Vec<(Value, Value)>, PickleError> {
@@ -604,6 +834,16 @@ fn int(v: &Value, what: &str, at: usize) -> Result<i64, PickleError> {
 }
 
 fn ints(v: &Value, what: &str, at: usize) -> Result<Vec<i64>, PickleError> {
+    let rank = match v {
+        Value::Tuple(items) => items.len(),
+        Value::List(items) => items.borrow().len(),
+        _ => 0,
+    };
+    if rank > MAX_RANK {
+        return malformed(format!(
+            "{what} has {rank} dimensions at byte {at} (at most {MAX_RANK})"
+        ));
+    }
     match v {
         Value::Tuple(items) => items.iter().map(|i| int(i, what, at)).collect(),
         Value::List(items) => items.borrow().iter().map(|i| int(i, what, at)).collect(),
@@ -647,7 +887,7 @@ fn reduce(callable: Value, args: Value, at: usize) -> Result<Value, PickleError>
                 }
                 _ => return malformed(format!("unexpected OrderedDict arguments at byte {at}")),
             };
-            Ok(Value::Dict(Rc::new(RefCell::new(items))))
+            Ok(Value::dict(items))
         }
         Global::RebuildTensor | Global::RebuildTensorV2 => {
             if args.len() < 4 {
@@ -695,10 +935,10 @@ fn persistent_storage(pid: Value, at: usize) -> Result<StorageRef, PickleError> 
     };
     match t.as_slice() {
         [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel, rest @ ..]
-            if tag == "storage" && rest.len() <= 1 =>
+            if &**tag == "storage" && rest.len() <= 1 =>
         {
             let key = match key {
-                Value::Str(s) => s.clone(),
+                Value::Str(s) => s.to_string(),
                 Value::Int(i) => i.to_string(),
                 other => {
                     return malformed(format!(
@@ -861,5 +1101,126 @@ pub(crate) mod tests {
         assert_eq!(t.storage.numel, 12);
         assert_eq!((t.offset, t.size, t.stride), (2, vec![2, 3], vec![1, 2]));
         assert_eq!(u.storages.len(), 1);
+    }
+
+    fn malformed_msg(p: &[u8]) -> String {
+        match unpickle(p, 0) {
+            Err(PickleError::Malformed(m)) => m,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing() {
+        // Marks thousands deep: `((((...`.
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b'(', 100_000));
+        assert!(malformed_msg(&p).contains("nested MARKs"));
+        // Lists appended into each other: `]]]...aaa`.
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b']', 100_000));
+        p.extend(std::iter::repeat_n(b'a', 99_999));
+        p.push(b'.');
+        assert!(malformed_msg(&p).contains("nest more than 200 deep"));
+        // Tuples of tuples without marks: `)` then TUPLE1 repeatedly.
+        let mut p = vec![0x80, 2, b')'];
+        p.extend(std::iter::repeat_n(0x85, 100_000));
+        p.push(b'.');
+        assert!(malformed_msg(&p).contains("nest more than 200 deep"));
+        // Dicts of dicts through SETITEM.
+        let mut p = vec![0x80, 2];
+        for _ in 0..1000 {
+            p.extend_from_slice(&[b'}', b'N']);
+        }
+        p.extend_from_slice(&[b'}']);
+        for _ in 0..1000 {
+            p.push(b's');
+        }
+        p.push(b'.');
+        assert!(malformed_msg(&p).contains("nest more than 200 deep"));
+    }
+
+    #[test]
+    fn nesting_linked_through_the_memo_drops_without_overflowing_the_stack() {
+        // 100 000 empty lists in the memo, then list i appended into list i - 1 from the
+        // bottom up: each append sees a flat child, so the result nests 100 000 deep. It
+        // must still be dropped (and printed) without recursion.
+        const N: u32 = 100_000;
+        let mut p = vec![0x80, 2];
+        for i in 0..N {
+            p.push(b']');
+            p.push(b'r');
+            p.extend_from_slice(&i.to_le_bytes());
+            p.push(b'0');
+        }
+        for i in 0..N - 1 {
+            p.push(b'j');
+            p.extend_from_slice(&i.to_le_bytes());
+            p.push(b'j');
+            p.extend_from_slice(&(i + 1).to_le_bytes());
+            p.extend_from_slice(&[b'a', b'0']);
+        }
+        p.extend_from_slice(&[b'j', 0, 0, 0, 0, b'.']);
+        // Run on a small stack, as a loader thread would have.
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let u = unpickle(&p, 0).unwrap();
+                assert_eq!(format!("{:?}", u.value).len() < 100, true);
+                drop(u);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn shared_values_are_not_copied() {
+        // t0 = (1,); t(i+1) = (t(i), t(i)): 2^60 leaves if each reference were a copy.
+        let mut p = vec![0x80, 2, b'K', 1, 0x85, b'q', 0];
+        for i in 0..60u8 {
+            p.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        }
+        p.push(b'.');
+        let start = std::time::Instant::now();
+        let u = unpickle(&p, 0).unwrap();
+        assert!(matches!(&u.value, Value::Tuple(t) if t.len() == 2));
+        drop(u);
+        assert!(start.elapsed().as_secs() < 5);
+        // A long string duplicated many times is shared, not copied.
+        let mut p = vec![0x80, 2, b'X'];
+        p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        p.extend(std::iter::repeat_n(b'a', 1 << 20));
+        p.extend_from_slice(&[b'q', 0, b'(']);
+        for _ in 0..100_000 {
+            p.extend_from_slice(&[b'h', 0]);
+        }
+        p.extend_from_slice(&[b'l', b'.']);
+        assert!(matches!(unpickle(&p, 0).unwrap().value, Value::List(_)));
+    }
+
+    #[test]
+    fn object_count_is_bounded_and_cycles_are_harmless() {
+        let mut p = vec![0x80, 2, b'('];
+        p.extend(std::iter::repeat_n(b'N', MAX_OBJECTS + 1));
+        assert!(malformed_msg(&p).contains("objects"));
+        // OrderedDict over a big list, applied again and again, pays for every copy.
+        let mut p = vec![0x80, 2, b'c'];
+        p.extend_from_slice(b"collections\nOrderedDict\nq\x00](");
+        for _ in 0..10_000 {
+            p.extend_from_slice(&[b'N', b'N', 0x86]);
+        }
+        p.extend_from_slice(&[b'e', b'q', 1]);
+        for _ in 0..1000 {
+            p.extend_from_slice(&[b'h', 0, b'h', 1, 0x85, b'R', b'0']);
+        }
+        assert!(malformed_msg(&p).contains("objects"));
+        // A list that contains itself reads (and prints) fine.
+        let p = [0x80, 2, b']', b'q', 0, b'h', 0, b'a', b'.'];
+        let u = unpickle(&p, 0).unwrap();
+        assert_eq!(
+            format!("{:?}", u.value),
+            "List(RefCell { value: [1 items] })"
+        );
     }
 }

@@ -36,6 +36,12 @@ fn malformed<T>(msg: impl Into<String>) -> Result<T, ReadError> {
 }
 
 const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
+/// Largest `data.pkl` read (the pickle of a state dict with 100 000 tensors is about 10 MB).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// How much a compressed storage entry may expand, at most, over all storages: PyTorch
+/// writes storages uncompressed, so a file that re-compressed them cannot reasonably claim
+/// more than this many times its own size in tensor data.
+const MAX_EXPANSION: u64 = 8;
 const LEGACY_PROTOCOL: i128 = 1001;
 
 /// Which variant of the format a file used.
@@ -71,7 +77,11 @@ pub fn read<R: Read + Seek>(mut r: R) -> Result<(TorchFormat, Vec<(String, Tenso
     }
 }
 
-fn read_zip<R: Read + Seek>(r: R) -> Result<Vec<(String, Tensor)>, ReadError> {
+fn read_zip<R: Read + Seek>(mut r: R) -> Result<Vec<(String, Tensor)>, ReadError> {
+    let file_len = r
+        .seek(SeekFrom::End(0))
+        .and_then(|n| r.seek(SeekFrom::Start(0)).map(|_| n))
+        .map_err(|e| ReadError::Malformed(format!("read error: {e}")))?;
     let mut zip = match zip::ZipArchive::new(r) {
         Ok(z) => z,
         Err(e) => return malformed(format!("not a valid zip archive ({e}); truncated file?")),
@@ -84,7 +94,7 @@ fn read_zip<R: Read + Seek>(r: R) -> Result<Vec<(String, Tensor)>, ReadError> {
         return malformed("zip archive without a data.pkl entry (not a torch.save file?)");
     };
     let prefix = &pkl[..pkl.len() - "data.pkl".len()];
-    if let Ok(b) = read_entry(&mut zip, &format!("{prefix}byteorder")) {
+    if let Ok(b) = read_entry(&mut zip, &format!("{prefix}byteorder"), 64) {
         if b.trim_ascii() != b"little" {
             return malformed(format!(
                 "byte order {:?} is not supported",
@@ -92,43 +102,111 @@ fn read_zip<R: Read + Seek>(r: R) -> Result<Vec<(String, Tensor)>, ReadError> {
             ));
         }
     }
-    let data = read_entry(&mut zip, &pkl)?;
+    let data = read_entry(&mut zip, &pkl, MAX_PICKLE_BYTES)?;
     let u = pickle::unpickle(&data, 0)?;
+    drop(data);
     let entries = state_dict(&u.value)?;
     let mut storages: HashMap<(String, Kind), Tensor> = HashMap::new();
+    let mut budget = Budget::new(file_len);
     let mut out = Vec::with_capacity(entries.len());
     for (name, spec) in entries {
         let key = (spec.storage.key.clone(), spec.storage.kind);
         if !storages.contains_key(&key) {
-            let raw = read_entry(&mut zip, &format!("{prefix}data/{}", spec.storage.key))?;
-            let t = storage_tensor(&raw, spec.storage.kind, &spec.storage.key)?;
-            if t.size()[0] < spec.storage.numel {
-                return malformed(format!(
-                    "storage {} holds {} elements, the pickle declares {}",
-                    spec.storage.key,
-                    t.size()[0],
-                    spec.storage.numel
-                ));
-            }
+            let entry = format!("{prefix}data/{}", spec.storage.key);
+            let t = read_storage(&mut zip, &entry, &name, &spec.storage, &mut budget)?;
             storages.insert(key.clone(), t);
         }
-        let t = build(&name, &spec, &storages[&key])?;
+        let t = build(&name, &spec, &storages[&key], &mut budget)?;
         out.push((name, t));
     }
     Ok(out)
 }
 
+/// Bytes of tensor data a file may make: its storages (at most [`MAX_EXPANSION`] times the
+/// file's size) and the copies of strided views (at most the storages' size again).
+struct Budget {
+    storage_left: u64,
+    copies_left: u64,
+}
+
+impl Budget {
+    fn new(file_len: u64) -> Budget {
+        Budget {
+            storage_left: file_len.saturating_mul(MAX_EXPANSION),
+            copies_left: 1 << 20,
+        }
+    }
+}
+
+/// Reads the storage `entry` of the tensor `name`, after checking that the element count
+/// the pickle declares fits in the entry and in the file: nothing is allocated for bytes
+/// the file does not hold.
+fn read_storage<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    entry: &str,
+    name: &str,
+    storage: &StorageRef,
+    budget: &mut Budget,
+) -> Result<Tensor, ReadError> {
+    let key = &storage.key;
+    let elt = storage.kind.elt_size_in_bytes() as u64;
+    let Some(nbytes) = (storage.numel as u64).checked_mul(elt) else {
+        return malformed(format!(
+            "{name}: storage {key} declares {} elements, which overflows",
+            storage.numel
+        ));
+    };
+    let f = match zip.by_name(entry) {
+        Ok(f) => f,
+        Err(e) => return malformed(format!("{name}: zip entry {entry}: {e}")),
+    };
+    if f.size() < nbytes {
+        return malformed(format!(
+            "{name}: storage {key} declares {} elements ({nbytes} bytes) but its zip entry \
+             {entry} holds {} bytes",
+            storage.numel,
+            f.size()
+        ));
+    }
+    if nbytes > budget.storage_left {
+        return malformed(format!(
+            "{name}: storage {key} declares {} elements ({nbytes} bytes), more tensor data than \
+             the file can hold",
+            storage.numel
+        ));
+    }
+    budget.storage_left -= nbytes;
+    budget.copies_left = budget.copies_left.saturating_add(nbytes);
+    // Read what the pickle declares, never more; the buffer grows only with bytes read.
+    let mut raw = Vec::new();
+    if let Err(e) = f.take(nbytes).read_to_end(&mut raw) {
+        return malformed(format!("{name}: zip entry {entry}: {e}; truncated file?"));
+    }
+    if (raw.len() as u64) < nbytes {
+        return malformed(format!(
+            "{name}: zip entry {entry} ends after {} of its {nbytes} bytes (truncated file?)",
+            raw.len()
+        ));
+    }
+    storage_tensor(&raw, storage.kind, key)
+}
+
+/// Reads a small zip entry, refusing one that holds more than `limit` bytes.
 fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
+    limit: u64,
 ) -> Result<Vec<u8>, ReadError> {
-    let mut f = match zip.by_name(name) {
+    let f = match zip.by_name(name) {
         Ok(f) => f,
         Err(e) => return malformed(format!("zip entry {name}: {e}")),
     };
-    let mut buf = Vec::with_capacity(f.size().min(1 << 32) as usize);
-    if let Err(e) = f.read_to_end(&mut buf) {
+    let mut buf = Vec::new();
+    if let Err(e) = f.take(limit + 1).read_to_end(&mut buf) {
         return malformed(format!("zip entry {name}: {e}; truncated file?"));
+    }
+    if buf.len() as u64 > limit {
+        return malformed(format!("zip entry {name} is larger than {limit} bytes"));
     }
     Ok(buf)
 }
@@ -159,7 +237,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, ReadError> {
             .borrow()
             .iter()
             .map(|k| match k {
-                Value::Str(s) => Ok(s.clone()),
+                Value::Str(s) => Ok(s.to_string()),
                 other => malformed(format!("storage key is a {}", other.type_name())),
             })
             .collect::<Result<_, _>>()?,
@@ -170,6 +248,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, ReadError> {
         .iter()
         .map(|s| (s.key.as_str(), s.kind))
         .collect();
+    let mut budget = Budget::new(bytes.len() as u64);
     let mut pos = key_list.end;
     let mut storages: HashMap<String, (Kind, Tensor)> = HashMap::new();
     for key in &keys {
@@ -192,6 +271,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, ReadError> {
                 "storage {key}: {numel} elements at byte {pos} run past the end of the file (truncated file?)"
             ));
         };
+        budget.copies_left = budget.copies_left.saturating_add(end - pos as u64);
         let t = storage_tensor(&bytes[pos..end as usize], kind, key)?;
         pos = end as usize;
         storages.insert(key.clone(), (kind, t));
@@ -211,7 +291,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, ReadError> {
                 spec.storage.key
             ));
         }
-        out.push((name.clone(), build(&name, &spec, storage)?));
+        out.push((name.clone(), build(&name, &spec, storage, &mut budget)?));
     }
     Ok(out)
 }
@@ -241,7 +321,7 @@ fn state_dict(root: &Value) -> Result<Vec<(String, TensorSpec)>, ReadError> {
             ));
         };
         match v {
-            Value::Tensor(spec) => out.push((name.clone(), spec.clone())),
+            Value::Tensor(spec) => out.push((name.to_string(), spec.clone())),
             other => {
                 return malformed(format!(
                     "state dict entry {name} is a {}, not a tensor",
@@ -269,8 +349,15 @@ fn storage_tensor(raw: &[u8], kind: Kind, key: &str) -> Result<Tensor, ReadError
     }
 }
 
-/// The contiguous tensor `spec` describes over `storage`, after checking it stays in bounds.
-fn build(name: &str, spec: &TensorSpec, storage: &Tensor) -> Result<Tensor, ReadError> {
+/// The contiguous tensor `spec` describes over `storage`, after checking it stays in bounds
+/// and holds no more elements than the storage (no `expand`ed or overlapping views), with
+/// checked arithmetic throughout.
+fn build(
+    name: &str,
+    spec: &TensorSpec,
+    storage: &Tensor,
+    budget: &mut Budget,
+) -> Result<Tensor, ReadError> {
     let StorageRef {
         key, view_offset, ..
     } = &spec.storage;
@@ -289,6 +376,11 @@ fn build(name: &str, spec: &TensorSpec, storage: &Tensor) -> Result<Tensor, Read
     let (Some(numel), Some(offset)) = (numel, offset) else {
         return bad("size overflows");
     };
+    if numel > storage_numel {
+        return bad(
+            "the tensor has more elements than its storage (an expanded or overlapping view)",
+        );
+    }
     if numel > 0 {
         let last = spec
             .size
@@ -303,6 +395,13 @@ fn build(name: &str, spec: &TensorSpec, storage: &Tensor) -> Result<Tensor, Read
         }
     }
     let whole = offset == 0 && numel == storage_numel && is_contiguous(&spec.size, &spec.stride);
+    if !whole {
+        let bytes = (numel as u64).saturating_mul(storage.kind().elt_size_in_bytes() as u64);
+        if bytes > budget.copies_left {
+            return bad("the strided views copy out more data than the file's storages hold");
+        }
+        budget.copies_left -= bytes;
+    }
     let result = if whole {
         storage.f_view(spec.size.as_slice())
     } else {
@@ -328,7 +427,7 @@ fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
         if n != 1 && s != expected {
             return false;
         }
-        expected *= n;
+        expected = expected.saturating_mul(n);
     }
     true
 }
@@ -343,23 +442,31 @@ mod tests {
     fn tensor_pickle(
         out: &mut Vec<u8>,
         key: &str,
-        numel: u8,
-        offset: u8,
-        size: &[u8],
-        stride: &[u8],
+        numel: i64,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
     ) {
+        // LONG1 with 8 bytes: any i64.
+        let int = |out: &mut Vec<u8>, v: i64| {
+            out.extend_from_slice(&[0x8a, 8]);
+            out.extend_from_slice(&v.to_le_bytes());
+        };
         out.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
         s(out, "storage");
         out.extend_from_slice(b"ctorch\nFloatStorage\n");
         s(out, key);
         s(out, "cpu");
-        out.extend_from_slice(&[b'K', numel, b't', b'Q', b'K', offset, b'(']);
+        int(out, numel);
+        out.extend_from_slice(b"tQ");
+        int(out, offset);
+        out.push(b'(');
         for &n in size {
-            out.extend_from_slice(&[b'K', n]);
+            int(out, n);
         }
         out.extend_from_slice(b"t(");
         for &n in stride {
-            out.extend_from_slice(&[b'K', n]);
+            int(out, n);
         }
         out.extend_from_slice(&[b't', 0x89, b'N', b't', b'R']);
     }
@@ -502,5 +609,119 @@ mod tests {
         assert!(is_contiguous(&[1, 3], &[99, 1]));
         assert!(is_contiguous(&[], &[]));
         assert!(!is_contiguous(&[3, 2], &[1, 3]));
+    }
+
+    fn error_of(file: &[u8]) -> String {
+        match read(Cursor::new(file)) {
+            Err(ReadError::Malformed(m)) => m,
+            Err(ReadError::Forbidden(g)) => panic!("forbidden {g}"),
+            Ok(_) => panic!("a lying file was read"),
+        }
+    }
+
+    /// One tensor `x` over storage `0` holding `values`.
+    fn one_tensor(
+        numel: i64,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+        values: &[f32],
+    ) -> Vec<u8> {
+        let mut pkl = b"\x80\x02}(".to_vec();
+        s(&mut pkl, "x");
+        tensor_pickle(&mut pkl, "0", numel, offset, size, stride);
+        pkl.extend_from_slice(b"u.");
+        zip_file(&pkl, &[("0", values)])
+    }
+
+    #[test]
+    fn storage_claiming_more_than_the_file_holds_is_refused_before_allocating() {
+        // 2^40 floats (4 TiB) declared, 4 present.
+        let m = error_of(&one_tensor(1 << 40, 0, &[4], &[1], &[0.; 4]));
+        assert!(
+            m.contains("x: storage 0 declares 1099511627776 elements"),
+            "{m}"
+        );
+        // An element count whose byte size overflows.
+        let m = error_of(&one_tensor(i64::MAX, 0, &[4], &[1], &[0.; 4]));
+        assert!(m.contains("x: storage 0") && m.contains("overflows"), "{m}");
+        // Fewer bytes than declared.
+        let m = error_of(&one_tensor(8, 0, &[4], &[1], &[0.; 4]));
+        assert!(m.contains("holds 16 bytes"), "{m}");
+    }
+
+    #[test]
+    fn views_that_claim_more_than_their_storage_are_refused() {
+        let four = [0f32, 1., 2., 3.];
+        // `expand`: a million by a million over four elements, stride 0.
+        let m = error_of(&one_tensor(4, 0, &[1 << 20, 1 << 20], &[0, 0], &four));
+        assert!(
+            m.contains("x: the tensor has more elements than its storage"),
+            "{m}"
+        );
+        // Sizes whose product overflows.
+        let m = error_of(&one_tensor(4, 0, &[1 << 62, 8], &[1, 1], &four));
+        assert!(m.contains("x: size overflows"), "{m}");
+        // Strides whose extent overflows.
+        let m = error_of(&one_tensor(4, 0, &[2, 2], &[i64::MAX / 2 + 1, 1], &four));
+        assert!(m.contains("x: tensor reaches past the end"), "{m}");
+        // An offset past the storage, and an offset that overflows with the view's.
+        let m = error_of(&one_tensor(4, 4, &[1], &[1], &four));
+        assert!(m.contains("x: tensor reaches past the end"), "{m}");
+        let m = error_of(&one_tensor(4, i64::MAX, &[2], &[1], &four));
+        assert!(m.contains("x: tensor reaches past the end"), "{m}");
+        // Negative strides.
+        let m = error_of(&one_tensor(4, 3, &[2], &[-1], &four));
+        assert!(m.contains("x: negative"), "{m}");
+        // A zero-sized tensor with a huge dimension is fine: it holds nothing.
+        let (_, t) = read(Cursor::new(&one_tensor(
+            4,
+            0,
+            &[0, 1 << 40],
+            &[1, 1],
+            &four,
+        )))
+        .unwrap();
+        assert_eq!(t[0].1.size(), [0, 1 << 40]);
+    }
+
+    #[test]
+    fn copies_of_strided_views_are_bounded_by_the_storage() {
+        // 40 transposed views of one 256 KiB storage would copy 10 MiB out of it.
+        let values = vec![1f32; 1 << 16];
+        let mut pkl = b"\x80\x02}(".to_vec();
+        for i in 0..40 {
+            s(&mut pkl, &format!("t{i}"));
+            tensor_pickle(&mut pkl, "0", 1 << 16, 0, &[256, 256], &[1, 256]);
+        }
+        pkl.extend_from_slice(b"u.");
+        let m = error_of(&zip_file(&pkl, &[("0", &values)]));
+        assert!(
+            m.contains("copy out more data than the file's storages hold"),
+            "{m}"
+        );
+        // One transposed view reads.
+        let mut pkl = b"\x80\x02}(".to_vec();
+        s(&mut pkl, "t");
+        tensor_pickle(&mut pkl, "0", 1 << 16, 0, &[256, 256], &[1, 256]);
+        pkl.extend_from_slice(b"u.");
+        assert!(read(Cursor::new(&zip_file(&pkl, &[("0", &values)]))).is_ok());
+    }
+
+    #[test]
+    fn deeply_nested_pickle_in_a_zip_is_an_error() {
+        let mut pkl = b"\x80\x02".to_vec();
+        pkl.extend(std::iter::repeat_n(b']', 50_000));
+        pkl.extend(std::iter::repeat_n(b'a', 49_999));
+        pkl.push(b'.');
+        let m = error_of(&zip_file(&pkl, &[]));
+        assert!(m.contains("nest more than"), "{m}");
+        // Legacy: the same inside the object pickle.
+        let mut f = vec![0x80, 2, 0x8a, 10];
+        f.extend_from_slice(&LEGACY_MAGIC.to_le_bytes()[..10]);
+        f.extend_from_slice(b".\x80\x02M\xe9\x03.\x80\x02}.");
+        f.extend_from_slice(&pkl);
+        let m = error_of(&f);
+        assert!(m.contains("nest more than"), "{m}");
     }
 }

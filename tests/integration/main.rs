@@ -9,6 +9,7 @@ mod engine;
 mod examples;
 mod export;
 mod hostile_config;
+mod hostile_weights;
 mod linkage;
 mod resnet;
 mod training;
