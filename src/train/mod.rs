@@ -14,7 +14,7 @@ pub mod signals;
 
 use crate::checkpoint::{self, atomic, policy, Meta};
 use crate::config::{Config, NonFinite, Precision, TrainConfig};
-use crate::data::loader::{Loader, LoaderOptions};
+use crate::data::loader::{LoadError, Loader, LoaderOptions};
 use crate::data::normalize::Normalize;
 use crate::data::{self, seed};
 use crate::device::{self, DeviceSpec};
@@ -347,7 +347,7 @@ fn train_epoch(s: &mut Session, pos: &mut Position, stop: &StopSignal) -> anyhow
     let mut window_bad: Option<Tensor> = None;
     let mut b = pos.batch;
     for batch in s.train.epoch(epoch, pos.batch) {
-        let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
+        let batch = batch.map_err(LoadError::in_training)?;
         for e in &batch.skipped {
             s.progress.warn(&format!("skipped {e}"));
         }
@@ -551,7 +551,7 @@ pub fn evaluate(
     let mut sums: Option<Tensor> = None;
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in loader.epoch(epoch, 0) {
-            let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
+            let batch = batch.map_err(LoadError::in_training)?;
             for e in &batch.skipped {
                 progress.warn(&format!("skipped {e}"));
             }
