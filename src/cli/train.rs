@@ -33,6 +33,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let stop = StopSignal::install().context("installing signal handlers")?;
     let path = match (&a.config, &a.resume) {
         (Some(c), _) => c.clone(),
         (None, Some(dir)) => {
@@ -57,7 +58,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let cfg = config::load(&path, &overrides)?;
-    let stop = StopSignal::install().context("installing signal handlers")?;
     let summary = train::run(TrainOptions {
         config: cfg,
         out: a.out,
