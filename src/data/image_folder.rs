@@ -242,11 +242,9 @@ fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             // Follows links; a broken link with an image extension stays a file, whose read
             // then fails naming it (as anything that is not a regular file does).
             match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() => {
-                    if depth < MAX_DEPTH && visited.insert(dir_id(&m)) {
-                        subdirs.push((path, depth + 1));
-                    }
-                }
+                Ok(m) if m.is_dir() => subdirs.extend(
+                    (depth < MAX_DEPTH && visited.insert(dir_id(&m))).then(|| (path, depth + 1)),
+                ),
                 _ if has_image_extension(&path) => files.push(path),
                 _ => {}
             }
