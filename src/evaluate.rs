@@ -157,7 +157,7 @@ pub fn evaluate(
     let mut skipped = Vec::new();
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in loader.epoch(0, 0) {
-            let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
+            let batch = batch.map_err(crate::data::loader::LoadError::in_training)?;
             skipped.extend(batch.skipped.iter().map(|e| e.to_string()));
             if batch.labels.size()[0] == 0 {
                 continue;

@@ -4,6 +4,7 @@
 
 use crate::checkpoint::Restored;
 use crate::data::decode::decode_bytes;
+use crate::data::file::{self, read_regular, MAX_IMAGE_BYTES};
 use crate::data::image_folder::{has_image_extension, EXTENSIONS};
 use crate::data::normalize::Normalize;
 use crate::data::transforms::{RgbRef, Transform};
@@ -24,7 +25,7 @@ pub fn load_eval_image(
         item: path.display().to_string(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let bytes = read_regular(path, MAX_IMAGE_BYTES).map_err(err)?;
     let image =
         decode_bytes(&bytes, max_side).map_err(|e| err(format!("not a readable image: {e}")))?;
     // The eval transform draws nothing from the stream.
@@ -33,20 +34,39 @@ pub fn load_eval_image(
 
 /// The image files named by `inputs`: files as given, directories expanded to the image
 /// files directly inside them (by extension, as an image folder's are; sorted by name).
+/// Only regular files are read (links are followed): naming anything else (a FIFO, a
+/// device) is an error naming it, and such an entry of a directory is skipped with a
+/// warning. Files are checked against [`MAX_IMAGE_BYTES`] here, before any model runs.
 pub fn image_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(input)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.display()))?;
         if !meta.is_dir() {
+            file::check(&meta, MAX_IMAGE_BYTES)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
             out.push(input.clone());
             continue;
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(input)
             .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && has_image_extension(p))
-            .collect();
+        {
+            let path = entry
+                .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
+                .path();
+            if !has_image_extension(&path) {
+                continue;
+            }
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) => match file::check(&m, MAX_IMAGE_BYTES) {
+                    Ok(()) => files.push(path),
+                    Err(e) => eprintln!("warning: skipped {}: {e}", path.display()),
+                },
+                Err(e) => eprintln!("warning: skipped {}: cannot read: {e}", path.display()),
+            }
+        }
         if files.is_empty() {
             anyhow::bail!(
                 "{} holds no image files ({})",
@@ -232,7 +252,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("missing.png") && e.contains("cannot open"),
+            e.contains("missing.png") && e.contains("cannot read"),
             "{e}"
         );
     }
@@ -250,5 +270,28 @@ mod tests {
             .collect();
         assert_eq!(names, ["a.JPG", "b.png"]);
         assert!(image_files(&[d.path().join("nope")]).is_err());
+    }
+
+    #[test]
+    fn only_regular_files_are_inputs() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.png"), "").unwrap();
+        let zero = d.path().join("zero.png");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = image_files(std::slice::from_ref(&zero))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("zero.png") && err.contains("not a regular file"),
+            "{err}"
+        );
+        // In a directory, it is skipped (with a warning).
+        assert_eq!(
+            image_files(&[d.path().to_path_buf()]).unwrap(),
+            [d.path().join("a.png")]
+        );
+        let t = Transform::center(8, 1.0);
+        let e = load_eval_image(&zero, &t, 100).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

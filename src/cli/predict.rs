@@ -28,6 +28,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    hondo::train::signals::StopSignal::install_exit_at_once()?;
     let device = DeviceSpec::parse(&a.device)
         .and_then(|d| d.resolve())
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;

@@ -40,6 +40,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let stop = StopSignal::install().context("installing signal handlers")?;
     let path = match (&a.config, &a.resume) {
         (Some(c), _) => c.clone(),
         (None, Some(dir)) => {
@@ -64,7 +65,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let cfg = config::load(&path, &overrides)?;
-    let stop = StopSignal::install().context("installing signal handlers")?;
     let console = Console::new(a.quiet, cfg.train.log_every);
     let mut trainer = Trainer::new(cfg)
         .stop_signal(stop)

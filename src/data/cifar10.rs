@@ -2,7 +2,10 @@
 //! `data_batch_5.bin`, `test_batch.bin`, `batches.meta.txt`) in `data.root` or in
 //! `root/cifar-10-batches-bin`. Each record is a label byte and 3 planes of 32x32; the
 //! planes are interleaved into RGB once, at load. The test batch is the validation split.
+//! Only regular files are read, batches of at most 1 GiB and `batches.meta.txt` of at most
+//! 1 MiB (see [`super::file`]).
 
+use super::file::{read_regular, MAX_DATASET_BYTES, MAX_TEXT_BYTES};
 use super::in_memory::InMemory;
 use super::transforms::Transform;
 use super::Splits;
@@ -55,7 +58,8 @@ pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
 /// `root`, or `root/cifar-10-batches-bin` as the archive unpacks.
 fn find_dir(root: &Path) -> anyhow::Result<PathBuf> {
     for dir in [root.to_path_buf(), root.join("cifar-10-batches-bin")] {
-        if dir.join("data_batch_1.bin").is_file() {
+        // Present (even as a link to nowhere or a device): reading it says what is wrong.
+        if dir.join("data_batch_1.bin").symlink_metadata().is_ok() {
             return Ok(dir);
         }
     }
@@ -71,8 +75,10 @@ fn class_names(dir: &Path) -> anyhow::Result<Vec<String>> {
     if !path.exists() {
         return Ok(CLASSES.map(String::from).to_vec());
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_regular(&path, MAX_TEXT_BYTES)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -96,7 +102,8 @@ fn read_batch(
     pixels: &mut Vec<u8>,
     labels: &mut Vec<i64>,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_regular(path, MAX_DATASET_BYTES)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         bail!(
             "{}: {} bytes is not a whole number of {RECORD}-byte records",

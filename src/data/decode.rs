@@ -3,14 +3,16 @@
 //! allocated, EXIF orientation is applied, and grayscale or alpha images become RGB (alpha
 //! is dropped, as PIL's `convert("RGB")` does).
 
+use super::file::{read_regular, MAX_IMAGE_BYTES};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
 
-/// Reads and decodes the image at `path`; the error says what is wrong with the file (the
-/// caller names it).
+/// Reads (only a regular file of at most [`MAX_IMAGE_BYTES`], see [`super::file`]) and
+/// decodes the image at `path`; the error says what is wrong with the file (the caller names
+/// it).
 pub fn decode_file(path: &Path, max_side: u32) -> Result<RgbImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = read_regular(path, MAX_IMAGE_BYTES)?;
     decode_bytes(&bytes, max_side)
 }
 

@@ -2,9 +2,17 @@
 //!
 //! Either `root/train/<class>/...` and `root/val/<class>/...`, or `root/<class>/...` split by
 //! `data.val_fraction` (per class, seeded by `data.seed`). Classes are the sorted
-//! sub-directory names; files are found recursively (following links) and ordered as
-//! torchvision orders them: by directory path, then by file name. Only paths are held in
-//! memory; images are read when a worker asks for them.
+//! sub-directory names; files are found recursively and ordered as torchvision orders them:
+//! by directory path, then by file name. Only paths are held in memory; images are read when
+//! a worker asks for them.
+//!
+//! Links are followed, to files and to directories, but each directory is walked at most
+//! once per class (tracked by device and inode): a link loop or a second link to the same
+//! directory adds nothing, where torchvision's `os.walk(followlinks=True)` would loop.
+//! Only regular files are samples: a FIFO, socket or device file (or a link to one) with an
+//! image extension is refused when it is read (see [`super::file`]), so it is skipped with a
+//! warning naming it, or stops the run under `data.on_error = "fail"`, as an undecodable
+//! image does; no read ever blocks or exceeds [`super::file::MAX_IMAGE_BYTES`].
 
 use super::decode::decode_file;
 use super::transforms::{RgbRef, Transform};
@@ -13,13 +21,14 @@ use crate::config::DataConfig;
 use anyhow::{bail, Context};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// File extensions read, compared case-insensitively.
 pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
 
-/// Deepest directory nesting followed inside a class directory (guards against link loops).
+/// Deepest directory nesting walked inside a class directory.
 const MAX_DEPTH: usize = 32;
 
 /// Image files and their labels, before any transform is chosen.
@@ -206,30 +215,42 @@ pub fn has_image_extension(path: &Path) -> bool {
 
 /// The image files under `dir`, recursively, in torchvision's order (`sorted(os.walk(dir))`,
 /// then sorted file names): directories compare as strings, so `a/b/c` follows `a/b-2`.
+///
+/// Links are followed, but each directory is walked once: one reached a second time (a link
+/// back to an ancestor, or two links to one directory) is skipped, so a link loop neither
+/// hangs the scan nor repeats samples. The walk is depth-first in name order, so the path
+/// listed for a directory reached twice does not depend on the file system's order.
 fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut visited = HashSet::from([dir_id(&meta)]);
     let mut dirs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0)];
     while let Some((d, depth)) = stack.pop() {
-        let mut files = Vec::new();
-        for entry in
-            std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))?
-        {
-            let path = entry
-                .with_context(|| format!("cannot list {}", d.display()))?
-                .path();
-            if path.is_dir() {
-                if depth < MAX_DEPTH {
-                    stack.push((path, depth + 1));
-                }
-            } else if has_image_extension(&path) {
-                files.push(path);
-            }
-        }
-        files.sort_by(|a, b| {
+        let mut entries = std::fs::read_dir(&d)
+            .and_then(|r| {
+                r.map(|e| e.map(|e| e.path()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .with_context(|| format!("cannot list {}", d.display()))?;
+        entries.sort_by(|a, b| {
             a.as_os_str()
                 .as_encoded_bytes()
                 .cmp(b.as_os_str().as_encoded_bytes())
         });
+        let (mut files, mut subdirs) = (Vec::new(), Vec::new());
+        for path in entries {
+            // Follows links; a broken link with an image extension stays a file, whose read
+            // then fails naming it (as anything that is not a regular file does).
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => subdirs.extend(
+                    (depth < MAX_DEPTH && visited.insert(dir_id(&m))).then(|| (path, depth + 1)),
+                ),
+                _ if has_image_extension(&path) => files.push(path),
+                _ => {}
+            }
+        }
+        // Popped in name order.
+        stack.extend(subdirs.into_iter().rev());
         dirs.push((d, files));
     }
     dirs.sort_by(|a, b| {
@@ -238,6 +259,12 @@ fn image_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .cmp(b.0.as_os_str().as_encoded_bytes())
     });
     Ok(dirs.into_iter().flat_map(|(_, files)| files).collect())
+}
+
+/// What identifies a directory however it is reached: (device, inode).
+fn dir_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 /// Holds out `round(n * fraction)` files of each class (at least one, and never the last
@@ -406,6 +433,64 @@ mod tests {
         );
         assert_eq!(split(listing.clone(), 0.2, 9), (train, val.clone()));
         assert_ne!(split(listing, 0.2, 10).1, val);
+    }
+
+    #[test]
+    fn link_loops_and_repeated_links_list_each_directory_once() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        touch(outside.path(), "o.jpg");
+        for f in ["a/1.jpg", "a/sub/2.jpg", "b/3.jpg"] {
+            touch(t.path(), f);
+        }
+        // Loops back to the class, to its parent and to the root; two links to one outside
+        // directory; a link to the other class.
+        symlink("..", t.path().join("a/sub/up")).unwrap();
+        symlink(".", t.path().join("a/sub/here")).unwrap();
+        symlink(t.path(), t.path().join("a/root")).unwrap();
+        symlink(outside.path(), t.path().join("a/ext1")).unwrap();
+        symlink(outside.path(), t.path().join("a/ext2")).unwrap();
+        symlink("../b", t.path().join("b/self")).unwrap();
+        let l = scan(t.path(), None).unwrap();
+        // `a/root` reaches the root, whose `a` is already walked, and whose `b` is walked
+        // once more (as class a: a link into another class is that user's choice).
+        assert_eq!(
+            names(&l, t.path()),
+            [
+                ("a/1.jpg", 0),
+                ("a/ext1/o.jpg", 0),
+                ("a/root/b/3.jpg", 0),
+                ("a/sub/2.jpg", 0),
+                ("b/3.jpg", 1),
+            ]
+            .map(|(p, y)| (p.to_string(), y))
+        );
+    }
+
+    #[test]
+    fn non_regular_image_files_are_listed_and_refused_when_read() {
+        let t = tempfile::tempdir().unwrap();
+        touch(t.path(), "a/ok.jpg");
+        std::os::unix::fs::symlink("/dev/zero", t.path().join("a/zero.jpg")).unwrap();
+        let l = scan(t.path(), None).unwrap();
+        assert_eq!(l.samples.len(), 2);
+        let cfg = DataConfig::default();
+        let folder = ImageFolder::new(l, Transform::eval(&cfg), 100);
+        let zero = folder
+            .samples()
+            .iter()
+            .position(|s| s.0.ends_with("zero.jpg"))
+            .unwrap();
+        let err = folder
+            .get(zero, &mut seed::rng(&[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("zero.jpg") && err.contains("not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]

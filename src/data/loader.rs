@@ -4,6 +4,10 @@
 //!
 //! Sample order and augmentation are pure functions of (seed, epoch, index): the same
 //! batches come out whatever the number of workers, and an epoch can start at any batch.
+//!
+//! An epoch never ends short in silence: a worker that panics becomes a [`LoadError::Failed`]
+//! naming the sample, and a producer that stops before its last batch for any other reason
+//! ends the epoch with one too.
 
 use super::{seed, Dataset, SampleError};
 use crossbeam_channel::{bounded, Receiver};
@@ -29,6 +33,37 @@ pub struct LoaderOptions {
     pub fail_on_error: bool,
     /// Put batches in pinned (page-locked) memory for fast, asynchronous copies to CUDA.
     pub pin_memory: bool,
+}
+
+/// Why an epoch's batches stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A sample could not be read and [`LoaderOptions::fail_on_error`] is set.
+    #[error(transparent)]
+    Sample(#[from] SampleError),
+    /// The loader itself failed (a worker panicked, the producer died): a bug, not the data.
+    #[error("data loader failed: {0}")]
+    Failed(String),
+}
+
+impl LoadError {
+    /// As an error of a training run, whose `data.on_error = "fail"` is why an unreadable
+    /// sample stops it.
+    pub fn in_training(self) -> anyhow::Error {
+        match self {
+            LoadError::Sample(e) => anyhow::anyhow!("{e} (data.on_error = \"fail\")"),
+            e => e.into(),
+        }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// One batch: `images` is `u8 [b, h, w, 3]`, `labels` is `i64 [b]`.
@@ -94,23 +129,39 @@ impl Loader {
         let pool = self.pool.clone();
         let opts = self.opts.clone();
         let n = self.num_batches();
-        let handle = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("hondo-batcher".into())
             .spawn(move || {
                 for b in start..n {
                     let end = ((b + 1) * opts.batch_size).min(order.len());
                     let indices = &order[b * opts.batch_size..end];
-                    let batch = make_batch(dataset.as_ref(), &pool, &opts, epoch, indices);
+                    let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        make_batch(dataset.as_ref(), &pool, &opts, epoch, indices)
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(LoadError::Failed(format!(
+                            "batch {b} of epoch {epoch} panicked: {}",
+                            panic_message(p.as_ref())
+                        )))
+                    });
                     let stop = batch.is_err();
                     if tx.send(batch).is_err() || stop {
                         return;
                     }
                 }
-            })
-            .expect("spawn loader thread");
+            });
+        let (handle, failed) = match spawned {
+            Ok(h) => (Some(h), None),
+            Err(e) => (
+                None,
+                Some(LoadError::Failed(format!("cannot start its thread: {e}"))),
+            ),
+        };
         Batches {
             rx,
-            handle: Some(handle),
+            handle,
+            failed,
+            remaining: n.saturating_sub(start),
         }
     }
 }
@@ -126,17 +177,21 @@ fn make_batch(
     opts: &LoaderOptions,
     epoch: usize,
     indices: &[usize],
-) -> Result<Batch, SampleError> {
+) -> Result<Batch, LoadError> {
     use rayon::prelude::*;
     let size = dataset.image_size() as usize;
     let samples: Vec<_> = pool.install(|| {
         indices
             .par_iter()
             .map(|&i| {
-                dataset.get(
-                    i,
-                    &mut seed::rng(&[opts.seed, seed::tag::AUGMENT, epoch as u64, i as u64]),
-                )
+                let rng = &mut seed::rng(&[opts.seed, seed::tag::AUGMENT, epoch as u64, i as u64]);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dataset.get(i, rng)))
+                    .map_err(|p| {
+                        LoadError::Failed(format!(
+                            "reading sample {i} panicked: {}",
+                            panic_message(p.as_ref())
+                        ))
+                    })
             })
             .collect()
     });
@@ -144,13 +199,18 @@ fn make_batch(
     let mut labels = Vec::with_capacity(indices.len());
     let mut skipped = Vec::new();
     for s in samples {
-        match s {
+        match s? {
             Ok(s) => {
-                debug_assert_eq!(s.image.len(), size * size * 3);
+                if s.image.len() != size * size * 3 {
+                    return Err(LoadError::Failed(format!(
+                        "a sample of {} bytes, not {size}x{size}x3",
+                        s.image.len()
+                    )));
+                }
                 pixels.extend_from_slice(&s.image);
                 labels.push(s.label);
             }
-            Err(e) if opts.fail_on_error => return Err(e),
+            Err(e) if opts.fail_on_error => return Err(e.into()),
             Err(e) => skipped.push(e),
         }
     }
@@ -166,17 +226,45 @@ fn make_batch(
     })
 }
 
-/// The batches of one epoch, in order.
+/// The batches of one epoch, in order; an error item ends it.
 pub struct Batches {
-    rx: Receiver<Result<Batch, SampleError>>,
+    rx: Receiver<Result<Batch, LoadError>>,
     handle: Option<JoinHandle<()>>,
+    /// A failure to report before anything else.
+    failed: Option<LoadError>,
+    /// Batches still to come: the producer stopping before they did is an error.
+    remaining: usize,
 }
 
 impl Iterator for Batches {
-    type Item = Result<Batch, SampleError>;
+    type Item = Result<Batch, LoadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        if let Some(e) = self.failed.take() {
+            self.remaining = 0;
+            return Some(Err(e));
+        }
+        if self.remaining == 0 {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(item) => {
+                // Nothing follows an error.
+                self.remaining = if item.is_ok() { self.remaining - 1 } else { 0 };
+                Some(item)
+            }
+            Err(_) => {
+                // The producer ended without sending every batch, or an error: say why.
+                let why = match self.handle.take().map(JoinHandle::join) {
+                    Some(Err(p)) => format!("its thread panicked: {}", panic_message(p.as_ref())),
+                    _ => "its thread stopped early".into(),
+                };
+                let left = std::mem::take(&mut self.remaining);
+                Some(Err(LoadError::Failed(format!(
+                    "{why} ({left} batches of the epoch not produced)"
+                ))))
+            }
+        }
     }
 }
 
@@ -196,6 +284,8 @@ mod tests {
     use super::*;
     use crate::config::DataConfig;
     use crate::data::shapes::{Shapes, Split};
+    use crate::data::Sample;
+    use rand_chacha::ChaCha8Rng;
 
     fn loader(workers: usize) -> Loader {
         let cfg = DataConfig {
@@ -243,6 +333,105 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..50).collect::<Vec<_>>());
         assert_eq!(l.epoch(0, 5).count(), 2);
+    }
+
+    /// 20 blank samples of 4x4; `get` panics at `panic_at`, or returns a wrong-sized image
+    /// at `short_at`.
+    struct Faulty {
+        classes: Vec<String>,
+        panic_at: Option<usize>,
+        short_at: Option<usize>,
+    }
+
+    impl Dataset for Faulty {
+        fn len(&self) -> usize {
+            20
+        }
+        fn classes(&self) -> &[String] {
+            &self.classes
+        }
+        fn image_size(&self) -> u32 {
+            4
+        }
+        fn get(&self, index: usize, _: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
+            if self.panic_at == Some(index) {
+                panic!("deliberate failure at {index}");
+            }
+            let n = if self.short_at == Some(index) { 5 } else { 48 };
+            Ok(Sample {
+                image: vec![0; n],
+                label: 0,
+            })
+        }
+    }
+
+    fn faulty(panic_at: Option<usize>, short_at: Option<usize>, workers: usize) -> Loader {
+        let ds = Faulty {
+            classes: vec!["a".into()],
+            panic_at,
+            short_at,
+        };
+        let opts = LoaderOptions {
+            batch_size: 4,
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+            workers,
+            prefetch: 2,
+            // A panic is not an unreadable sample: it ends the epoch even when skipping.
+            fail_on_error: false,
+            pin_memory: false,
+        };
+        Loader::new(Arc::new(ds), opts).unwrap()
+    }
+
+    #[test]
+    fn a_panicking_sample_ends_the_epoch_with_an_error_naming_it() {
+        for workers in [1, 3] {
+            let items: Vec<_> = faulty(Some(9), None, workers).epoch(0, 0).collect();
+            assert_eq!(
+                items.len(),
+                3,
+                "two good batches, then the error, then nothing"
+            );
+            assert!(items[..2].iter().all(Result::is_ok));
+            let err = items[2].as_ref().err().unwrap().to_string();
+            assert!(
+                err.contains("data loader failed")
+                    && err.contains("sample 9")
+                    && err.contains("deliberate failure at 9"),
+                "{err}"
+            );
+            let err = LoadError::Failed("x".into()).in_training().to_string();
+            assert!(!err.contains("on_error"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_sized_sample_is_an_error_not_a_bad_view() {
+        let items: Vec<_> = faulty(None, Some(2), 1).epoch(0, 0).collect();
+        assert_eq!(items.len(), 1);
+        let err = items[0].as_ref().err().unwrap().to_string();
+        assert!(err.contains("5 bytes, not 4x4x3"), "{err}");
+    }
+
+    #[test]
+    fn a_producer_that_stops_early_is_an_error() {
+        // A producer that died before sending any of its 3 batches.
+        let (tx, rx) = bounded::<Result<Batch, LoadError>>(1);
+        drop(tx);
+        let mut batches = Batches {
+            rx,
+            handle: Some(std::thread::spawn(|| panic!("producer died"))),
+            failed: None,
+            remaining: 3,
+        };
+        let err = batches.next().unwrap().err().unwrap().to_string();
+        assert!(
+            err.contains("panicked: producer died") && err.contains("3 batches"),
+            "{err}"
+        );
+        assert!(batches.next().is_none());
     }
 
     #[test]

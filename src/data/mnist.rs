@@ -1,13 +1,17 @@
 //! `data.kind = "mnist"`: the four IDX files of MNIST (`train-images-idx3-ubyte`,
 //! `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`,
 //! uncompressed) in `data.root` or in torchvision's `root/MNIST/raw`. The test set is the
-//! validation split; grey digits become RGB and go through the usual transforms.
+//! validation split; grey digits become RGB and go through the usual transforms. Only
+//! regular files of at most 1 GiB are read, and a header must describe exactly the bytes
+//! its file holds (see [`read_idx`]).
 
+use super::file::{open_regular, read_bounded, MAX_DATASET_BYTES};
 use super::in_memory::InMemory;
 use super::transforms::Transform;
 use super::Splits;
 use crate::config::DataConfig;
 use anyhow::{bail, Context};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,7 +33,18 @@ pub const CLASSES: [&str; 10] = [
 pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
     let dir = find_dir(Path::new(&cfg.root))?;
     let set = |prefix: &str, transform: Transform| -> anyhow::Result<InMemory> {
-        let (dims, pixels) = read_idx(&dir.join(format!("{prefix}-images-idx3-ubyte")), 3)?;
+        let images = dir.join(format!("{prefix}-images-idx3-ubyte"));
+        let (dims, pixels) = read_idx(&images, 3)?;
+        // As for image files: no sample decodes to more than max_image_side² pixels.
+        if dims[1].max(dims[2]) > cfg.max_image_side as usize {
+            bail!(
+                "{}: images of {}x{} pixels, over data.max_image_side = {}",
+                images.display(),
+                dims[2],
+                dims[1],
+                cfg.max_image_side
+            );
+        }
         let labels_path = dir.join(format!("{prefix}-labels-idx1-ubyte"));
         let (ldims, labels) = read_idx(&labels_path, 1)?;
         if ldims[0] != dims[0] {
@@ -62,7 +77,12 @@ pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
 /// `root`, or `root/MNIST/raw` as torchvision lays it out.
 fn find_dir(root: &Path) -> anyhow::Result<PathBuf> {
     for dir in [root.to_path_buf(), root.join("MNIST").join("raw")] {
-        if dir.join("train-images-idx3-ubyte").is_file() {
+        // Present (even as a link to nowhere or a device): reading it says what is wrong.
+        if dir
+            .join("train-images-idx3-ubyte")
+            .symlink_metadata()
+            .is_ok()
+        {
             return Ok(dir);
         }
     }
@@ -70,32 +90,51 @@ fn find_dir(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Reads an IDX file of unsigned bytes with `ndims` dimensions: its dimensions and data.
+/// Only a regular file of at most [`MAX_DATASET_BYTES`] is read, and the header's size
+/// (with checked arithmetic) must match the file's before the data is read.
 pub fn read_idx(path: &Path, ndims: usize) -> anyhow::Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let fail = |reason: String| anyhow::anyhow!("{}: {reason}", path.display());
+    let (mut file, len) = open_regular(path, MAX_DATASET_BYTES).map_err(fail)?;
     let header = 4 + 4 * ndims;
-    if bytes.len() < header || bytes[..3] != [0, 0, 0x08] || bytes[3] as usize != ndims {
-        bail!(
+    let mut head = vec![0u8; header];
+    let not_idx = || {
+        anyhow::anyhow!(
             "{} is not an IDX file of {ndims}-d unsigned bytes",
             path.display()
-        );
+        )
+    };
+    if len < header as u64 {
+        return Err(not_idx());
     }
-    let dims: Vec<usize> = bytes[4..header]
+    file.read_exact(&mut head)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if head[..3] != [0, 0, 0x08] || head[3] as usize != ndims {
+        return Err(not_idx());
+    }
+    let dims: Vec<usize> = head[4..]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = dims.iter().product::<usize>();
-    if bytes.len() - header != expected {
+    let held = len - header as u64;
+    let expected = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    if expected != Some(held) {
+        let claim = expected.map_or_else(|| "more than 2^64".into(), |n| n.to_string());
         bail!(
-            "{}: header says {dims:?} ({expected} bytes) but the file holds {}",
-            path.display(),
-            bytes.len() - header
+            "{}: header says {dims:?} ({claim} bytes) but the file holds {held}",
+            path.display()
         );
     }
     if dims.contains(&0) {
         bail!("{}: empty dimensions {dims:?}", path.display());
     }
-    let mut data = bytes;
-    data.drain(..header);
+    let data = read_bounded(file, held, held).map_err(fail)?;
+    if data.len() as u64 != held {
+        bail!(
+            "{}: {} bytes of data read, {held} expected (the file changed while it was read)",
+            path.display(),
+            data.len()
+        );
+    }
     Ok((dims, data))
 }
 
@@ -118,6 +157,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("header says"));
+        // 2^32-1 cubed overflows 64 bits; 65536 * 65536 * 65536 wraps to exactly 0.
+        for dims in [[u32::MAX; 3], [1 << 16; 3]] {
+            let mut bytes = vec![0, 0, 8, 3];
+            for d in dims {
+                bytes.extend(d.to_be_bytes());
+            }
+            std::fs::write(&p, &bytes).unwrap();
+            let err = read_idx(&p, 3).unwrap_err().to_string();
+            assert!(
+                err.contains("header says") && err.contains(&p.display().to_string()),
+                "{err}"
+            );
+        }
+        let err = read_idx(Path::new("/dev/zero"), 3).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
         let err = find_dir(t.path()).unwrap_err().to_string();
         assert!(err.contains("train-images-idx3-ubyte"), "{err}");
     }

@@ -7,6 +7,7 @@
 
 pub mod cifar10;
 pub mod decode;
+pub mod file;
 pub mod image_folder;
 pub mod in_memory;
 pub mod loader;

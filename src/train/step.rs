@@ -72,7 +72,7 @@ pub(super) fn train_epoch(
     let mut window_bad: Option<Tensor> = None;
     let mut b = pos.batch;
     for batch in s.train.epoch(epoch, pos.batch) {
-        let batch = batch.map_err(|e| anyhow::anyhow!("{e} (data.on_error = \"fail\")"))?;
+        let batch = batch.map_err(crate::data::loader::LoadError::in_training)?;
         for e in &batch.skipped {
             s.observers.warning(&format!("skipped {e}"))?;
         }

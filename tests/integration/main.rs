@@ -10,6 +10,7 @@ mod examples;
 mod export;
 mod hostile_config;
 mod hostile_weights;
+mod hostile_data;
 mod linkage;
 mod resnet;
 mod training;
