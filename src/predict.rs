@@ -81,6 +81,29 @@ pub fn class_name(classes: &[String], i: usize) -> String {
     classes.get(i).cloned().unwrap_or_else(|| format!("#{i}"))
 }
 
+/// Refuses a model whose tensors hold NaN or infinite values (a run that diverged), which
+/// would otherwise classify everything with probability NaN: the error names the first such
+/// tensor (by name) and how many of its values are bad.
+pub fn check_finite(vs: &tch::nn::VarStore) -> anyhow::Result<()> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in vars {
+        if !t.is_floating_point() {
+            continue;
+        }
+        let bad = t.f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64)?;
+        let bad = i64::try_from(bad)?;
+        if bad > 0 {
+            anyhow::bail!(
+                "tensor `{name}` holds {bad} NaN or infinite value(s) of {}: the weights are \
+                 unusable (a run that diverged?)",
+                t.numel()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Classifies `files` with a restored checkpoint, `batch_size` images at a time (decoded in
 /// parallel); the first unreadable file stops it with an error naming the file.
 pub fn predict(
@@ -90,6 +113,7 @@ pub fn predict(
     batch_size: usize,
     max_side: u32,
 ) -> anyhow::Result<Vec<Prediction>> {
+    check_finite(&restored.vs)?;
     let meta = &restored.meta;
     let device = restored.vs.device();
     let transform = Transform::center(meta.image_size, meta.crop_fraction);
@@ -110,6 +134,12 @@ pub fn predict(
                 .forward_t(&normalize.apply(&x), false)
                 .softmax(-1, Kind::Float)
         });
+        if !bool::try_from(probs.f_isfinite()?.f_all()?)? {
+            anyhow::bail!(
+                "the model's outputs for {} are not finite (NaN or infinite probabilities)",
+                chunk[0].display()
+            );
+        }
         let (p, i) = probs.topk(k as i64, -1, true, true);
         let p = Vec::<f32>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
         let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).flatten(0, -1))?;
@@ -234,5 +264,26 @@ mod tests {
             .collect();
         assert_eq!(names, ["a.JPG", "b.png"]);
         assert!(image_files(&[d.path().join("nope")]).is_err());
+    }
+
+    #[test]
+    fn non_finite_weights_name_the_first_bad_tensor() {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let root = vs.root();
+        let _a = (&root / "a").var_copy("weight", &Tensor::from_slice(&[1.0f32, 2.0]));
+        let b = (&root / "b").var_copy("weight", &Tensor::from_slice(&[1.0f32, 2.0, 3.0]));
+        let _c = (&root / "c").var_copy("weight", &Tensor::from_slice(&[f32::NAN]));
+        let _n = root.var_copy("n", &Tensor::from_slice(&[3i64]));
+        let e = check_finite(&vs).unwrap_err().to_string();
+        assert!(e.contains("`c.weight`") && e.contains("1 NaN"), "{e}");
+        tch::no_grad(|| {
+            let mut b = b;
+            let _ = b.fill_(f64::INFINITY);
+        });
+        let e = check_finite(&vs).unwrap_err().to_string();
+        assert!(
+            e.contains("`b.weight` holds 3 NaN or infinite value(s) of 3"),
+            "{e}"
+        );
     }
 }

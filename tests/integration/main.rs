@@ -7,6 +7,7 @@ mod config_errors;
 mod data;
 mod engine;
 mod export;
+mod hostile_outputs;
 mod linkage;
 mod resnet;
 mod training;
