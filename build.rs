@@ -6,8 +6,8 @@
 //!   `libtorch_cuda.so`): the CUDA backend costs ~235 MiB of resident memory just loaded,
 //!   so `hondo::device::cuda_backend` dlopens it at run time when a CUDA driver is there;
 //! - compiles `csrc/shim.cpp` (fused optimizer kernels, foreach ops, autocast state: what tch
-//!   does not bind) and `csrc/batch_norm_relu.cpp` (a fused BatchNorm + ReLU) against the same
-//!   libtorch headers.
+//!   does not bind), `csrc/batch_norm_relu.cpp` (a fused BatchNorm + ReLU) and `csrc/export.cpp`
+//!   (TorchScript serialised into memory) against the same libtorch headers.
 use std::path::PathBuf;
 
 fn main() {
@@ -57,6 +57,7 @@ fn compile_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=csrc/cpu_allocator.cpp");
     println!("cargo:rerun-if-changed=csrc/batch_norm_relu.cpp");
+    println!("cargo:rerun-if-changed=csrc/export.cpp");
     println!("cargo:rerun-if-changed=csrc/guard.h");
     let include = lib
         .parent()
@@ -67,6 +68,7 @@ fn compile_shim(lib: &std::path::Path) {
         .file("csrc/shim.cpp")
         .file("csrc/cpu_allocator.cpp")
         .file("csrc/batch_norm_relu.cpp")
+        .file("csrc/export.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

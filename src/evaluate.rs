@@ -13,10 +13,20 @@ use crate::data::transforms::Transform;
 use crate::data::{self, Dataset};
 use crate::predict;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor};
+
+/// Models with more outputs than this get no dense `confusion` matrix in the [`Report`]
+/// (n² counts: 20 000 classes would be 3.2 GB): the off-diagonal counts are in
+/// [`Report::mistakes`] either way, which has at most one entry per image.
+pub const DENSE_CONFUSION_MAX: usize = 1000;
+
+/// The text report and the confusion-matrix picture show at most this many classes: all of
+/// them up to this count, else those with the most mistakes (missed plus wrongly predicted).
+pub const SHOWN_CLASSES: usize = 30;
 
 /// Precision and recall of one class.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -26,10 +36,20 @@ pub struct ClassMetrics {
     pub support: u64,
     /// Images predicted as this class.
     pub predicted: u64,
+    /// Images of this class predicted as this class.
+    pub correct: u64,
     /// Correct / predicted; `None` when nothing was predicted as this class.
     pub precision: Option<f64>,
     /// Correct / support; `None` when the set has no image of this class.
     pub recall: Option<f64>,
+}
+
+/// Images of class `truth` predicted as `predicted` (a different class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Mistake {
+    pub truth: usize,
+    pub predicted: usize,
+    pub count: u64,
 }
 
 /// What an evaluation measured.
@@ -42,12 +62,58 @@ pub struct Report {
     /// Top-k accuracy with `k = min(5, number of outputs)`.
     pub top5: f64,
     pub per_class: Vec<ClassMetrics>,
-    /// `confusion[true][predicted]` counts, in output order.
+    /// `confusion[true][predicted]` counts, in output order; empty when the model has more
+    /// than [`DENSE_CONFUSION_MAX`] outputs.
     pub confusion: Vec<Vec<u64>>,
+    /// Every off-diagonal count of the confusion matrix, most frequent first (ties by class
+    /// index).
+    pub mistakes: Vec<Mistake>,
     pub classes: Vec<String>,
 }
 
-/// Running counts over batches.
+impl Report {
+    /// The confusion matrix restricted to `shown` classes (rows: true, columns: predicted,
+    /// in the order given), from the per-class and mistake counts.
+    pub fn submatrix(&self, shown: &[usize]) -> Vec<Vec<u64>> {
+        let pos: HashMap<usize, usize> = shown.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+        let mut m = vec![vec![0; shown.len()]; shown.len()];
+        for (i, &c) in shown.iter().enumerate() {
+            m[i][i] = self.per_class.get(c).map_or(0, |c| c.correct);
+        }
+        for x in &self.mistakes {
+            if let (Some(&r), Some(&c)) = (pos.get(&x.truth), pos.get(&x.predicted)) {
+                m[r][c] = x.count;
+            }
+        }
+        m
+    }
+
+    /// The classes the text report and the picture show, in output order: all when there
+    /// are at most [`SHOWN_CLASSES`], else the [`SHOWN_CLASSES`] with the most mistakes
+    /// (missed plus wrongly predicted; ties by support, then index).
+    pub fn shown_classes(&self) -> Vec<usize> {
+        let n = self.per_class.len();
+        if n <= SHOWN_CLASSES {
+            return (0..n).collect();
+        }
+        let errors = |c: &ClassMetrics| (c.support - c.correct) + (c.predicted - c.correct);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| {
+            let c = &self.per_class[i];
+            (
+                std::cmp::Reverse(errors(c)),
+                std::cmp::Reverse(c.support),
+                i,
+            )
+        });
+        order.truncate(SHOWN_CLASSES);
+        order.sort_unstable();
+        order
+    }
+}
+
+/// Running counts over batches. Memory is linear in the number of classes plus the number
+/// of distinct mistakes (never n²).
 #[derive(Debug, Clone)]
 pub struct Accumulator {
     classes: Vec<String>,
@@ -56,7 +122,10 @@ pub struct Accumulator {
     images: u64,
     top1: u64,
     topk: u64,
-    confusion: Vec<Vec<u64>>,
+    support: Vec<u64>,
+    predicted: Vec<u64>,
+    correct: Vec<u64>,
+    mistakes: HashMap<(usize, usize), u64>,
 }
 
 impl Accumulator {
@@ -71,20 +140,31 @@ impl Accumulator {
             images: 0,
             top1: 0,
             topk: 0,
-            confusion: vec![vec![0; num_outputs]; num_outputs],
+            support: vec![0; num_outputs],
+            predicted: vec![0; num_outputs],
+            correct: vec![0; num_outputs],
+            mistakes: HashMap::new(),
         }
     }
 
-    /// Adds one batch of logits `[b, classes]` and labels `[b]`.
+    /// Adds one batch of logits `[b, classes]` and labels `[b]`. Non-finite logits (a model
+    /// whose weights overflow) are an error, not a NaN accuracy.
     pub fn add(&mut self, logits: &Tensor, labels: &Tensor) -> anyhow::Result<()> {
+        let cpu_labels = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu))?;
+        let n = self.classes.len() as i64;
+        if let Some(y) = cpu_labels.iter().find(|&&y| !(0..n).contains(&y)) {
+            anyhow::bail!("label {y} is not an output of the model ({n} classes)");
+        }
         let labels = labels.to_device(logits.device());
+        if !bool::try_from(logits.f_isfinite()?.f_all()?)? {
+            anyhow::bail!("the model's outputs are not finite (NaN or infinite logits)");
+        }
         let loss = logits
-            .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)
+            .f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?
             .double_value(&[]);
-        let (_, top) = logits.topk(self.k as i64, -1, true, true);
+        let (_, top) = logits.f_topk(self.k as i64, -1, true, true)?;
         let top = Vec::<i64>::try_from(top.to_device(tch::Device::Cpu).flatten(0, -1))?;
-        let labels = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu))?;
-        self.add_ranked(&top, &labels, loss);
+        self.add_ranked(&top, &cpu_labels, loss);
         Ok(())
     }
 
@@ -93,9 +173,16 @@ impl Accumulator {
     pub fn add_ranked(&mut self, ranked: &[i64], labels: &[i64], loss_sum: f64) {
         debug_assert_eq!(ranked.len(), labels.len() * self.k);
         for (row, &y) in ranked.chunks(self.k).zip(labels) {
-            self.confusion[y as usize][row[0] as usize] += 1;
-            self.top1 += u64::from(row[0] == y);
-            self.topk += u64::from(row.contains(&y));
+            let (y, p) = (y as usize, row[0] as usize);
+            self.support[y] += 1;
+            self.predicted[p] += 1;
+            if y == p {
+                self.correct[y] += 1;
+            } else {
+                *self.mistakes.entry((y, p)).or_default() += 1;
+            }
+            self.top1 += u64::from(y == p);
+            self.topk += u64::from(row.contains(&(y as i64)));
         }
         self.images += labels.len() as u64;
         self.loss_sum += loss_sum;
@@ -108,26 +195,46 @@ impl Accumulator {
             .classes
             .iter()
             .enumerate()
-            .map(|(c, name)| {
-                let support: u64 = self.confusion[c].iter().sum();
-                let predicted: u64 = self.confusion.iter().map(|row| row[c]).sum();
-                let correct = self.confusion[c][c];
-                ClassMetrics {
-                    class: name.clone(),
-                    support,
-                    predicted,
-                    precision: ratio(correct, predicted),
-                    recall: ratio(correct, support),
-                }
+            .map(|(c, name)| ClassMetrics {
+                class: name.clone(),
+                support: self.support[c],
+                predicted: self.predicted[c],
+                correct: self.correct[c],
+                precision: ratio(self.correct[c], self.predicted[c]),
+                recall: ratio(self.correct[c], self.support[c]),
             })
             .collect();
+        let mut mistakes: Vec<Mistake> = self
+            .mistakes
+            .iter()
+            .map(|(&(truth, predicted), &count)| Mistake {
+                truth,
+                predicted,
+                count,
+            })
+            .collect();
+        mistakes.sort_by_key(|m| (std::cmp::Reverse(m.count), m.truth, m.predicted));
+        let classes = self.classes.len();
+        let confusion = if classes <= DENSE_CONFUSION_MAX {
+            let mut m = vec![vec![0; classes]; classes];
+            for (c, row) in m.iter_mut().enumerate() {
+                row[c] = self.correct[c];
+            }
+            for x in &mistakes {
+                m[x.truth][x.predicted] = x.count;
+            }
+            m
+        } else {
+            Vec::new()
+        };
         Report {
             images: self.images,
             loss: self.loss_sum / n,
             top1: self.top1 as f64 / n,
             top5: self.topk as f64 / n,
             per_class,
-            confusion: self.confusion.clone(),
+            confusion,
+            mistakes,
             classes: self.classes.clone(),
         }
     }
@@ -193,6 +300,7 @@ pub struct EvalOptions {
 
 /// Evaluates a restored checkpoint as `opts` says.
 pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
+    predict::check_finite(&restored.vs)?;
     let meta = &restored.meta;
     let dataset: Arc<dyn Dataset> = match &opts.data {
         Some(dir) => Arc::new(labelled_folder(
@@ -266,7 +374,9 @@ fn pct(v: Option<f64>) -> String {
 }
 
 impl std::fmt::Display for Report {
-    /// Summary, per-class table and confusion matrix (rows: true class).
+    /// Summary, per-class table and confusion matrix (rows: true class), for at most
+    /// [`SHOWN_CLASSES`] classes (see [`Report::shown_classes`]); the most frequent mistakes
+    /// when there are more.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
@@ -277,10 +387,20 @@ impl std::fmt::Display for Report {
             self.classes.len().min(5),
             self.top5 * 100.0
         )?;
-        let w = self
-            .classes
+        let shown = self.shown_classes();
+        let name = |i: usize| self.classes[i].as_str();
+        let partial = shown.len() < self.classes.len();
+        if partial {
+            writeln!(
+                f,
+                "\n{} classes: showing the {} with the most mistakes (--json has every class)",
+                self.classes.len(),
+                shown.len()
+            )?;
+        }
+        let w = shown
             .iter()
-            .map(|c| c.len())
+            .map(|&c| name(c).len())
             .max()
             .unwrap_or(5)
             .max(5);
@@ -289,7 +409,8 @@ impl std::fmt::Display for Report {
             "\n{:<w$}  {:>8}  {:>10}  {:>8}",
             "class", "support", "precision", "recall"
         )?;
-        for c in &self.per_class {
+        for &i in &shown {
+            let c = &self.per_class[i];
             writeln!(
                 f,
                 "{:<w$}  {:>8}  {:>10}  {:>8}",
@@ -299,25 +420,35 @@ impl std::fmt::Display for Report {
                 pct(c.recall)
             )?;
         }
+        if partial {
+            writeln!(f, "\nmost frequent mistakes (true -> predicted: images)")?;
+            for m in self.mistakes.iter().take(SHOWN_CLASSES) {
+                writeln!(f, "{} -> {}: {}", name(m.truth), name(m.predicted), m.count)?;
+            }
+            if self.mistakes.is_empty() {
+                writeln!(f, "none")?;
+            }
+        }
+        let matrix = self.submatrix(&shown);
         writeln!(
             f,
-            "\nconfusion matrix (rows: true class, columns: predicted)"
+            "\nconfusion matrix (rows: true class, columns: predicted{})",
+            if partial { "; shown classes only" } else { "" }
         )?;
-        let cw = self
-            .confusion
+        let cw = matrix
             .iter()
             .flatten()
             .map(|v| v.to_string().len())
-            .chain(self.classes.iter().map(|c| c.len()))
+            .chain(shown.iter().map(|&c| name(c).len()))
             .max()
             .unwrap_or(1);
         write!(f, "{:<w$}", "")?;
-        for c in &self.classes {
-            write!(f, "  {c:>cw$}")?;
+        for &c in &shown {
+            write!(f, "  {:>cw$}", name(c))?;
         }
         writeln!(f)?;
-        for (c, row) in self.classes.iter().zip(&self.confusion) {
-            write!(f, "{c:<w$}")?;
+        for (&c, row) in shown.iter().zip(&matrix) {
+            write!(f, "{:<w$}", name(c))?;
             for v in row {
                 write!(f, "  {v:>cw$}")?;
             }
@@ -394,5 +525,53 @@ mod tests {
         std::fs::remove_dir(d.path().join("zebra")).unwrap();
         let set = labelled_folder(d.path(), &names(2), t, 64).unwrap();
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn many_classes_keep_no_dense_matrix_and_show_the_most_mistaken() {
+        let n = DENSE_CONFUSION_MAX + 1;
+        let mut acc = Accumulator::new(&[], n);
+        // Class 7: three images, all predicted as 9; class 500: one right.
+        let labels = [7i64, 7, 7, 500];
+        let ranked: Vec<i64> = [9i64, 9, 9, 500]
+            .iter()
+            .flat_map(|&p| [p, 1, 2, 3, 4])
+            .collect();
+        acc.add_ranked(&ranked, &labels, 4.0);
+        let r = acc.report();
+        assert!(r.confusion.is_empty());
+        assert_eq!(
+            r.mistakes,
+            vec![Mistake {
+                truth: 7,
+                predicted: 9,
+                count: 3
+            }]
+        );
+        let shown = r.shown_classes();
+        assert_eq!(shown.len(), SHOWN_CLASSES);
+        assert!(shown.contains(&7) && shown.contains(&9) && shown.contains(&500));
+        assert!(shown.windows(2).all(|w| w[0] < w[1]));
+        let m = r.submatrix(&[7, 9, 500]);
+        assert_eq!(m, vec![vec![0, 3, 0], vec![0, 0, 0], vec![0, 0, 1]]);
+        let text = r.to_string();
+        assert!(
+            text.contains("showing the 30 with the most mistakes"),
+            "{text}"
+        );
+        assert!(text.contains("#7 -> #9: 3"), "{text}");
+        assert!(text.lines().count() < 100);
+    }
+
+    #[test]
+    fn non_finite_logits_and_stray_labels_are_errors() {
+        let mut acc = Accumulator::new(&names(2), 2);
+        let nan = Tensor::from_slice(&[f32::NAN, 0.0]).view([1, 2]);
+        let e = acc.add(&nan, &Tensor::from_slice(&[0i64])).unwrap_err();
+        assert!(e.to_string().contains("not finite"), "{e}");
+        let ok = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
+        let e = acc.add(&ok, &Tensor::from_slice(&[5i64])).unwrap_err();
+        assert!(e.to_string().contains("label 5"), "{e}");
+        assert_eq!(acc.report().images, 0);
     }
 }

@@ -100,6 +100,10 @@ pub fn metadata(meta: &Meta) -> HashMap<String, String> {
 
 /// Exports the checkpoint of a hondo model at `checkpoint` to `out` as `format` (`input`
 /// matters only for TorchScript). Errors name the file at fault.
+///
+/// Every format is serialised in memory first and written with [`atomic`] (temporary file,
+/// fsync, rename), the file and its sidecar both staged before either replaces anything:
+/// a full disk or a kill leaves the previous export as it was.
 pub fn export(
     checkpoint: &Path,
     out: &Path,
@@ -128,29 +132,23 @@ fn export_impl(
     input: Input,
     spec: Option<&crate::models::ModelSpec>,
 ) -> anyhow::Result<Exported> {
-    let write_err = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", out.display());
-    match format {
+    let (bytes, meta, tensors, input) = match format {
         Format::Safetensors => {
             let ckpt = checkpoint::read(checkpoint)?;
             let bytes = tensor_io::serialize(&ckpt.model, metadata(&ckpt.meta))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
-            atomic::write(out, &bytes).map_err(write_err)?;
-            Ok(Exported {
+            commit(stage(out, &bytes)?, out)?;
+            return Ok(Exported {
                 path: out.into(),
                 sidecar: None,
                 tensors: ckpt.model.len(),
-            })
+            });
         }
         Format::Ot => {
             let ckpt = checkpoint::read(checkpoint)?;
-            Tensor::save_multi(&ckpt.model, out)
+            let bytes = ot_bytes(&ckpt.model)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-            let sidecar = write_sidecar(out, &ckpt.meta, None)?;
-            Ok(Exported {
-                path: out.into(),
-                sidecar: Some(sidecar),
-                tensors: ckpt.model.len(),
-            })
+            (bytes, ckpt.meta, ckpt.model.len(), None)
         }
         Format::TorchScript => {
             let restored = match spec {
@@ -159,24 +157,45 @@ fn export_impl(
             };
             let tensors = restored.vs.variables().len();
             let meta = restored.meta.clone();
-            let module = trace(restored, input)?;
-            module
-                .save(out)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-            let sidecar = write_sidecar(out, &meta, Some(input))?;
-            Ok(Exported {
-                path: out.into(),
-                sidecar: Some(sidecar),
-                tensors,
-            })
+            let bytes = traced_bytes(restored, input)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e:#}", out.display()))?;
+            (bytes, meta, tensors, Some(input))
         }
-    }
+    };
+    let sidecar = sidecar_path(out);
+    let text = sidecar_text(&meta, input)?;
+    let main = stage(out, &bytes)?;
+    let side = stage(&sidecar, text.as_bytes())?;
+    commit(main, out)?;
+    commit(side, &sidecar)?;
+    Ok(Exported {
+        path: out.into(),
+        sidecar: Some(sidecar),
+        tensors,
+    })
 }
 
-/// Traces a restored model in eval mode. The VarStore is frozen first (tracing rejects
-/// tensors that require grad) and stays frozen: it is consumed here, and a module saved
-/// after unfreezing would not load (see TCH-NOTES, Export).
-pub fn trace(mut restored: checkpoint::Restored, input: Input) -> anyhow::Result<tch::CModule> {
+fn stage(path: &Path, bytes: &[u8]) -> anyhow::Result<atomic::Staged> {
+    atomic::stage(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+fn commit(staged: atomic::Staged, path: &Path) -> anyhow::Result<()> {
+    staged
+        .commit()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// Traces a restored model in eval mode (see [`traced_bytes`]) and loads the result.
+pub fn trace(restored: checkpoint::Restored, input: Input) -> anyhow::Result<tch::CModule> {
+    let bytes = traced_bytes(restored, input)?;
+    Ok(tch::CModule::load_data(&mut std::io::Cursor::new(bytes))?)
+}
+
+/// Traces a restored model in eval mode and serialises it as `torch.jit.save` does, in
+/// memory. The VarStore is frozen first (tracing rejects tensors that require grad) and
+/// stays frozen: it is consumed here, and a module saved after unfreezing would not load
+/// (see TCH-NOTES, Export).
+pub fn traced_bytes(mut restored: checkpoint::Restored, input: Input) -> anyhow::Result<Vec<u8>> {
     restored.vs.freeze();
     let meta = &restored.meta;
     let size = meta.image_size as i64;
@@ -188,22 +207,195 @@ pub fn trace(mut restored: checkpoint::Restored, input: Input) -> anyhow::Result
     };
     let mean = constant(meta.mean);
     let inv_std = constant(meta.std.map(|v| 1.0 / v));
-    let example = Tensor::rand([2, 3, size, size], (Kind::Float, device));
+    let example = Tensor::f_rand([2, 3, size, size], (Kind::Float, device))?;
     let model = &restored.model;
-    let module = tch::CModule::create_by_tracing("hondo", "forward", &[example], &mut |xs| {
+    let module = raw::trace("hondo", "forward", &[example], |xs| {
         let x = match input {
             Input::Unit => (&xs[0] - &mean) * &inv_std,
             Input::Normalized => xs[0].shallow_clone(),
         };
         vec![model.forward_t(&x, false)]
     })?;
-    Ok(module)
+    module.save_to_memory()
 }
 
-fn write_sidecar(out: &Path, meta: &Meta, input: Option<Input>) -> anyhow::Result<PathBuf> {
+/// libtorch's tensor archive of `tensors` (what `Tensor::save_multi` writes), in memory.
+pub fn ot_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<u8>> {
+    let sink = raw::SharedSink::default();
+    Tensor::save_multi_to_stream(tensors, sink.clone())?;
+    sink.take()
+}
+
+/// What tch does not expose: a traced module's pointer (to serialise it through
+/// `csrc/export.cpp`) and an in-memory sink that never fails a libtorch write.
+mod raw {
+    use std::cell::RefCell;
+    use std::ffi::{c_char, c_int, c_void, CStr, CString};
+    use std::rc::Rc;
+    use tch::Tensor;
+    use torch_sys::{CModule_, C_tensor};
+
+    type WriteFn = extern "C" fn(ctx: *mut c_void, data: *const c_void, n: usize) -> usize;
+
+    extern "C" {
+        fn hondo_module_save(m: *mut CModule_, write: WriteFn, ctx: *mut c_void) -> *mut c_char;
+        fn hondo_free_error(e: *mut c_char);
+    }
+
+    /// Bytes from libtorch's serialisers. A write that libtorch sees fail ends in
+    /// `std::terminate` (its archive writer throws from a destructor, see csrc/export.cpp),
+    /// so every write is taken: one that cannot be held (out of memory) marks the sink as
+    /// failed, and [`Sink::finish`] reports it.
+    #[derive(Default)]
+    pub struct Sink {
+        bytes: Vec<u8>,
+        failed: bool,
+    }
+
+    impl Sink {
+        pub fn push(&mut self, data: &[u8]) {
+            if self.failed {
+                return;
+            }
+            if self.bytes.try_reserve(data.len()).is_err() {
+                self.failed = true;
+                self.bytes = Vec::new();
+                return;
+            }
+            self.bytes.extend_from_slice(data);
+        }
+
+        pub fn finish(self) -> anyhow::Result<Vec<u8>> {
+            if self.failed {
+                anyhow::bail!("out of memory while serialising");
+            }
+            Ok(self.bytes)
+        }
+    }
+
+    /// A [`Sink`] that tch's `save_multi_to_stream` can own (it needs a `'static` writer).
+    #[derive(Default, Clone)]
+    pub struct SharedSink(Rc<RefCell<Sink>>);
+
+    impl SharedSink {
+        pub fn take(self) -> anyhow::Result<Vec<u8>> {
+            std::mem::take(&mut *self.0.borrow_mut()).finish()
+        }
+    }
+
+    impl std::io::Write for SharedSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().push(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// tch's `get_and_reset_last_err`: the message of the exception the last torch-sys
+    /// call caught, if any.
+    fn torch_error(call: &str) -> anyhow::Result<()> {
+        // SAFETY: returns NULL or a string from strdup, ours to free.
+        let e = unsafe { torch_sys::get_and_reset_last_err() };
+        if e.is_null() {
+            return Ok(());
+        }
+        // SAFETY: non-NULL: a NUL-terminated string.
+        let message = unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned();
+        unsafe { libc::free(e.cast()) };
+        anyhow::bail!("{call}: {message}")
+    }
+
+    /// A TorchScript module built by libtorch's tracer (what `CModule::create_by_tracing`
+    /// makes), freed on drop.
+    pub struct Module(*mut CModule_);
+
+    impl Drop for Module {
+        fn drop(&mut self) {
+            // SAFETY: a live module from atm_create_for_tracing, freed once.
+            unsafe { torch_sys::atm_free(self.0) }
+        }
+    }
+
+    fn ptrs(ts: &[Tensor]) -> Vec<*mut C_tensor> {
+        ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+    }
+
+    /// Traces `f` on `inputs` as the `method` of a new module `name`, as tch's
+    /// `CModule::create_by_tracing` does.
+    pub fn trace(
+        name: &str,
+        method: &str,
+        inputs: &[Tensor],
+        f: impl FnOnce(&[Tensor]) -> Vec<Tensor>,
+    ) -> anyhow::Result<Module> {
+        let name = CString::new(name)?;
+        let method = CString::new(method)?;
+        let c_inputs = ptrs(inputs);
+        // SAFETY: live tensors for the duration of the call; errors are caught in torch-sys.
+        let m = unsafe {
+            torch_sys::atm_create_for_tracing(
+                name.as_ptr(),
+                c_inputs.as_ptr(),
+                c_inputs.len() as c_int,
+            )
+        };
+        torch_error("tracing")?;
+        anyhow::ensure!(!m.is_null(), "tracing: no module");
+        let m = Module(m);
+        let outputs = f(inputs);
+        let c_outputs = ptrs(&outputs);
+        // SAFETY: as above; `m` is live.
+        unsafe {
+            torch_sys::atm_end_tracing(
+                m.0,
+                method.as_ptr(),
+                c_outputs.as_ptr(),
+                c_outputs.len() as c_int,
+            )
+        };
+        torch_error("tracing")?;
+        Ok(m)
+    }
+
+    extern "C" fn append(ctx: *mut c_void, data: *const c_void, n: usize) -> usize {
+        if n > 0 {
+            // SAFETY: `ctx` is the `&mut Sink` that `save_to_memory` passes, alive for the
+            // call; `data` points at `n` bytes.
+            let sink = unsafe { &mut *(ctx as *mut Sink) };
+            sink.push(unsafe { std::slice::from_raw_parts(data as *const u8, n) });
+        }
+        n
+    }
+
+    impl Module {
+        /// `torch.jit.save` into memory.
+        pub fn save_to_memory(&self) -> anyhow::Result<Vec<u8>> {
+            let mut sink = Sink::default();
+            // SAFETY: `self.0` is live; `append` gets `&mut sink` back, nothing else
+            // touches `sink` until the call returns. Errors come back as strings.
+            let e =
+                unsafe { hondo_module_save(self.0, append, &mut sink as *mut Sink as *mut c_void) };
+            if !e.is_null() {
+                // SAFETY: a NUL-terminated string from malloc in the shim.
+                let message = unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned();
+                unsafe { hondo_free_error(e) };
+                anyhow::bail!("saving TorchScript: {message}");
+            }
+            sink.finish()
+        }
+    }
+}
+
+fn sidecar_path(out: &Path) -> PathBuf {
     let mut path = out.as_os_str().to_owned();
     path.push(".json");
-    let path = PathBuf::from(path);
+    PathBuf::from(path)
+}
+
+fn sidecar_text(meta: &Meta, input: Option<Input>) -> anyhow::Result<String> {
     let mut v = serde_json::json!({
         "hondo_version": env!("CARGO_PKG_VERSION"),
         "arch": meta.arch,
@@ -217,10 +409,7 @@ fn write_sidecar(out: &Path, meta: &Meta, input: Option<Input>) -> anyhow::Resul
     if let Some(i) = input {
         v["input"] = i.describe().into();
     }
-    let text = serde_json::to_string_pretty(&v)? + "\n";
-    atomic::write(&path, text.as_bytes())
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
+    Ok(serde_json::to_string_pretty(&v)? + "\n")
 }
 
 #[cfg(test)]
@@ -240,5 +429,36 @@ mod tests {
             Some(Format::Safetensors)
         );
         assert_eq!(Format::from_extension(Path::new("m")), None);
+    }
+
+    #[test]
+    fn ot_bytes_are_what_save_multi_writes() {
+        let tensors = vec![
+            (
+                "fc.weight".to_string(),
+                Tensor::from_slice(&[1.0f32, -2.0, 3.5]),
+            ),
+            ("fc.bias".to_string(), Tensor::from_slice(&[7i64])),
+        ];
+        let bytes = ot_bytes(&tensors).unwrap();
+        let back = Tensor::load_multi_from_stream(std::io::Cursor::new(bytes)).unwrap();
+        assert_eq!(back.len(), 2);
+        for ((n, t), (m, u)) in tensors.iter().zip(&back) {
+            assert_eq!(n, m);
+            assert!(t.equal(u), "{n}");
+        }
+    }
+
+    #[test]
+    fn sinks_collect_every_write() {
+        let mut sink = raw::Sink::default();
+        sink.push(b"abc");
+        assert_eq!(sink.finish().unwrap(), b"abc");
+        let shared = raw::SharedSink::default();
+        let mut w = shared.clone();
+        use std::io::Write;
+        w.write_all(b"xy").unwrap();
+        drop(w);
+        assert_eq!(shared.take().unwrap(), b"xy");
     }
 }

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     hondo::allocator::install();
+    // Past a file-size limit (`ulimit -f`) a write then fails with EFBIG and is reported as
+    // an error naming the file, instead of SIGXFSZ killing the process mid-write.
+    // SAFETY: sets one signal's disposition to "ignore" at start-up.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

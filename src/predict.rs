@@ -119,6 +119,9 @@ pub fn classify(
             .forward_t(&normalize.apply(images), false)
             .softmax(-1, Kind::Float)
     });
+    if !bool::try_from(probs.f_isfinite()?.f_all()?)? {
+        anyhow::bail!("the model's outputs are not finite (NaN or infinite probabilities)");
+    }
     let (p, i) = probs.topk(k as i64, -1, true, true);
     let p = Vec::<f32>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
     let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).flatten(0, -1))?;
@@ -134,6 +137,29 @@ pub fn classify(
         .collect())
 }
 
+/// Refuses a model whose tensors hold NaN or infinite values (a run that diverged), which
+/// would otherwise classify everything with probability NaN: the error names the first such
+/// tensor (by name) and how many of its values are bad.
+pub fn check_finite(vs: &tch::nn::VarStore) -> anyhow::Result<()> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in vars {
+        if !t.is_floating_point() {
+            continue;
+        }
+        let bad = t.f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64)?;
+        let bad = i64::try_from(bad)?;
+        if bad > 0 {
+            anyhow::bail!(
+                "tensor `{name}` holds {bad} NaN or infinite value(s) of {}: the weights are \
+                 unusable (a run that diverged?)",
+                t.numel()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Classifies `files` with a restored checkpoint, `batch_size` images at a time (decoded in
 /// parallel); the first unreadable file stops it with an error naming the file.
 pub fn predict(
@@ -143,6 +169,7 @@ pub fn predict(
     batch_size: usize,
     max_side: u32,
 ) -> anyhow::Result<Vec<Prediction>> {
+    check_finite(&restored.vs)?;
     let meta = &restored.meta;
     let transform = Transform::center(meta.image_size, meta.crop_fraction);
     let size = meta.image_size as i64;

@@ -3,6 +3,7 @@
 use hondo::checkpoint;
 use hondo::device::DeviceSpec;
 use hondo::evaluate::{self, EvalOptions};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .and_then(|d| d.resolve())
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let restored = checkpoint::restore(&a.checkpoint, device)?;
+    hondo::predict::check_finite(&restored.vs)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.checkpoint.display()))?;
     let report = evaluate::run(
         &restored,
         &EvalOptions {
@@ -52,12 +55,32 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(std::path::Path::new("."))
             .join("confusion-matrix.png")
     });
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if a.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{report}");
+        report.to_string()
+    };
+    // A closed pipe or a full disk behind `>` is an error, not a panic in `print!`.
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot write the report to standard output: {e}"))?;
+    if a.json && report.confusion.is_empty() {
+        eprintln!(
+            "note: {} classes (over {}): no dense `confusion` matrix; `mistakes` lists every \
+             off-diagonal count",
+            report.classes.len(),
+            evaluate::DENSE_CONFUSION_MAX
+        );
     }
     hondo::plot::confusion_matrix(&report, &png)?;
     eprintln!("confusion matrix: {}", png.display());
+    if report.shown_classes().len() < report.classes.len() {
+        eprintln!(
+            "note: the picture shows the {} classes with the most mistakes, of {}",
+            evaluate::SHOWN_CLASSES,
+            report.classes.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let path = hondo::plot::training_curves(&a.run_dir)?;
-    println!("{}", path.display());
+    let curves = hondo::plot::curves(&a.run_dir)?;
+    for note in &curves.notes {
+        eprintln!("warning: {note}");
+    }
+    println!("{}", curves.path.display());
     Ok(ExitCode::SUCCESS)
 }

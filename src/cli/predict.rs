@@ -33,6 +33,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .and_then(|d| d.resolve())
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let restored = checkpoint::restore(&a.checkpoint, device)?;
+    predict::check_finite(&restored.vs)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.checkpoint.display()))?;
     let files = predict::image_files(&a.inputs)?;
     let max_side = restored.config.data.max_image_side;
     let predictions = predict::predict(&restored, &files, a.k, a.batch_size, max_side)?;

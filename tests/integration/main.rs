@@ -11,6 +11,7 @@ mod export;
 mod hostile_config;
 mod hostile_weights;
 mod hostile_data;
+mod hostile_outputs;
 mod linkage;
 mod resnet;
 mod training;
