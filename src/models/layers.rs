@@ -109,8 +109,8 @@ impl BatchNorm2d {
     /// the add) in place, as torchvision's `ReLU(inplace=True)` and `out += identity`
     /// (BatchNorm's backward needs its input, not its output).
     ///
-    /// Training on the CPU (float32, or bfloat16 under autocast in channels-last: see
-    /// [`fusable`]) runs it as one fused op (`csrc/batch_norm_relu.cpp`): two passes over
+    /// Training on the CPU (4-D float32 activations, or bfloat16 under autocast in
+    /// channels-last) runs it as one fused op (`csrc/batch_norm_relu.cpp`): two passes over
     /// memory each way instead of up to six. `HONDO_FUSED_BN=0` turns that off.
     pub fn forward_relu_t(&self, xs: &Tensor, residual: Option<&Tensor>, train: bool) -> Tensor {
         if self.trains(train) && fused_enabled() && fusable(xs, residual) {
