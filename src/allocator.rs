@@ -45,14 +45,20 @@ pub fn policy() -> &'static str {
     }
 }
 
-/// Bytes in large blocks: handed out now, cached idle, and the most ever handed out.
+/// Bytes in the caching allocator's large blocks (>= 1 MiB, whole pages); small
+/// allocations go to libtorch's `alloc_cpu` and are not counted. All zero unless
+/// [`install`]ed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
+    /// Bytes handed out to tensors and not yet freed.
     pub in_use: usize,
+    /// Bytes freed by tensors and kept for reuse (at most twice `peak`).
     pub cached: usize,
+    /// The most bytes ever in use at once.
     pub peak: usize,
 }
 
+/// The allocator's counters now.
 pub fn stats() -> Stats {
     let (mut in_use, mut cached, mut peak) = (0, 0, 0);
     // SAFETY: the shim writes three integers through valid pointers under its lock.

@@ -15,6 +15,7 @@ use tch::{Cuda, Device};
 /// linking it would; it must happen before anything asks libtorch about CUDA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CudaBackend {
+    /// `libtorch_cuda.so` is loaded: CUDA devices can be used if the driver sees any.
     Loaded,
     /// No `libcuda.so.1`: no NVIDIA driver, so the backend is not worth its memory.
     NoDriver,
@@ -94,7 +95,10 @@ pub(crate) fn loaded_libtorch_dir() -> Option<std::path::PathBuf> {
 pub enum DeviceSpec {
     /// CUDA device 0 when present, else the CPU.
     Auto,
+    /// The CPU.
     Cpu,
+    /// CUDA device N (0-based; `cuda` is `cuda:0`); an error at [`DeviceSpec::resolve`]
+    /// when it does not exist.
     Cuda(usize),
 }
 

@@ -39,9 +39,11 @@ pub enum Error {
     Diverged {
         /// The non-finite loss.
         loss: f64,
-        /// The optimizer step (1-based), the epoch (1-based) and the batch in it (1-based).
+        /// The optimizer step (1-based) whose loss it was.
         step: usize,
+        /// The epoch (1-based).
         epoch: usize,
+        /// The batch in the epoch (1-based).
         batch: usize,
         /// The run directory whose checkpoints are kept.
         run_dir: PathBuf,

@@ -23,8 +23,12 @@ use tch::{Device, Kind, Tensor};
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// `.safetensors`: the tensors under torchvision's names, with metadata inside.
     Safetensors,
+    /// A TorchScript module traced in eval mode (`.pt`), loadable with `torch.jit.load`,
+    /// plus a `FILE.json` metadata sidecar.
     TorchScript,
+    /// libtorch's tensor archive (`.ot`), plus a `FILE.json` metadata sidecar.
     Ot,
 }
 
@@ -60,6 +64,7 @@ pub enum Input {
 }
 
 impl Input {
+    /// A one-line description of the input tensor, for messages and the sidecar.
     pub fn describe(self) -> &'static str {
         match self {
             Input::Unit => {
@@ -75,9 +80,11 @@ impl Input {
 /// What [`export`] wrote.
 #[derive(Debug, Clone)]
 pub struct Exported {
+    /// The file written (`out`).
     pub path: PathBuf,
     /// The metadata sidecar (TorchScript and `.ot`).
     pub sidecar: Option<PathBuf>,
+    /// Tensors written: parameters and buffers (`num_batches_tracked` included).
     pub tensors: usize,
 }
 

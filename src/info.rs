@@ -8,20 +8,37 @@ use tch::Cuda;
 /// What this build links and what it sees, for `hondo info`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Info {
+    /// hondo's version (`Cargo.toml`).
     pub hondo: String,
+    /// The `tch` version hondo was built against.
     pub tch: String,
+    /// The libtorch version built against (from the torch wheel's `version.py`), or
+    /// `unknown`.
     pub libtorch: String,
+    /// The directory of the `libtorch_cpu.so` this process runs (at build time, if it
+    /// cannot be found in the process's memory map).
     pub libtorch_lib: String,
+    /// Whether libtorch's CUDA backend loaded, and why not ([`crate::device::CudaBackend`]).
     pub cuda_backend: String,
+    /// The CPU allocator in use ([`crate::allocator::policy`]).
     pub allocator: String,
+    /// Whether hondo's fused BatchNorm + ReLU kernel is on (`HONDO_FUSED_BN`) and where it
+    /// applies.
     pub fused_batch_norm_relu: String,
+    /// Whether a CUDA device can be used.
     pub cuda_available: bool,
+    /// Whether cuDNN can be used (never without CUDA).
     pub cudnn_available: bool,
+    /// One `cuda:N NAME` entry per CUDA device; empty without CUDA.
     pub cuda_devices: Vec<String>,
+    /// libtorch's intra-op thread count.
     pub threads: i32,
+    /// libtorch's inter-op thread count.
     pub interop_threads: i32,
 }
 
+/// Collects [`Info`] for this process. Loads libtorch's CUDA backend when a CUDA driver is
+/// installed ([`crate::device::cuda_backend`]).
 pub fn info() -> Info {
     let backend = cuda_backend();
     let cuda = cuda_available();
@@ -123,4 +140,3 @@ fn cuda_device_names() -> Vec<String> {
             .collect()
     }
 }
-

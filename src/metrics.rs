@@ -15,32 +15,42 @@ pub struct EpochMetrics {
     pub epoch: usize,
     /// Optimizer steps done at the end of the epoch.
     pub step: usize,
-    /// Losses and accuracies; JSON has no NaN, so a NaN (an epoch whose steps were all
-    /// skipped) is written as `null` and read back as NaN.
+    /// Mean training loss per image over the epoch. JSON has no NaN: a NaN here or in the
+    /// three fields below (an epoch whose steps were all skipped) is written as `null` and
+    /// read back as NaN.
     #[serde(deserialize_with = "null_as_nan")]
     pub train_loss: f64,
+    /// Fraction of the epoch's training images (0 to 1) whose top prediction was the
+    /// true label (the unmixed one under mixup or CutMix).
     #[serde(deserialize_with = "null_as_nan")]
     pub train_acc: f64,
+    /// Mean validation loss per image.
     #[serde(deserialize_with = "null_as_nan")]
     pub val_loss: f64,
+    /// Top-1 validation accuracy, a fraction from 0 to 1.
     #[serde(deserialize_with = "null_as_nan")]
     pub val_acc: f64,
     /// Learning rate at the end of the epoch (base group).
     pub lr: f64,
     /// Training images per second (loading included).
     pub images_per_sec: f64,
+    /// Wall-clock seconds of the epoch: training and validation (of the EMA too).
     pub seconds: f64,
     /// Unreadable files skipped this epoch (train and validation).
     pub skipped: usize,
-    /// Validation of the weights' moving average (`train.ema_decay` > 0).
+    /// Validation loss of the weights' moving average; `None` (and left out of the line)
+    /// unless `train.ema_decay` > 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss_ema: Option<f64>,
+    /// Top-1 validation accuracy of the weights' moving average; `None` without EMA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_acc_ema: Option<f64>,
 }
 
 impl EpochMetrics {
-    /// The value of a monitored metric by name.
+    /// The value of a monitored metric by name (`val_acc`, `val_loss`, `train_acc`,
+    /// `train_loss`, `val_acc_ema`, `val_loss_ema`); `None` for another name, or for an
+    /// EMA metric of a run without EMA.
     pub fn get(&self, name: &str) -> Option<f64> {
         match name {
             "val_acc" => Some(self.val_acc),
@@ -61,18 +71,24 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 /// Running sums of loss and correct predictions over an epoch.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Running {
+    /// Sum of the per-image losses (each batch's mean loss times its size).
     pub loss_sum: f64,
+    /// Images whose prediction was right.
     pub correct: i64,
+    /// Images counted.
     pub seen: i64,
 }
 
 impl Running {
+    /// Counts a batch of `n` images with mean loss `loss_mean` and `correct` right
+    /// predictions.
     pub fn add(&mut self, loss_mean: f64, correct: i64, n: i64) {
         self.loss_sum += loss_mean * n as f64;
         self.correct += correct;
         self.seen += n;
     }
 
+    /// Mean loss per image so far; NaN before any image.
     pub fn loss(&self) -> f64 {
         if self.seen == 0 {
             f64::NAN
@@ -81,6 +97,7 @@ impl Running {
         }
     }
 
+    /// Fraction of images predicted right so far (0 to 1); NaN before any image.
     pub fn acc(&self) -> f64 {
         if self.seen == 0 {
             f64::NAN

@@ -78,7 +78,9 @@ mod ffi {
 #[derive(Debug, thiserror::Error)]
 #[error("{call}: {message}")]
 pub struct ShimError {
+    /// The operation that failed (`batch_norm_relu`, `_fused_sgd_`, `autocast enter`...).
     pub call: &'static str,
+    /// libtorch's exception message.
     pub message: String,
 }
 
@@ -293,6 +295,9 @@ pub struct Autocast {
 }
 
 impl Autocast {
+    /// Turns autocast on for `device`'s type (CUDA, or else the CPU) with `dtype`
+    /// (`Kind::Half` or `Kind::BFloat16`; any other kind means float32) until the guard
+    /// drops, which restores the previous state.
     pub fn new(device: Device, dtype: Kind) -> Result<Autocast, ShimError> {
         let device = if device.is_cuda() { 1 } else { 0 };
         let mut prev = [0; 3];

@@ -12,6 +12,8 @@ use tch::Tensor;
 const STAGE_LEN: usize = 4;
 const STAGES: usize = 4;
 
+/// hondo's small CNN (see the module docs): convolutions `features.{0,4,8,12}` with their
+/// BatchNorms at `features.{1,5,9,13}`, then the linear `classifier`.
 #[derive(Debug)]
 pub struct SmallCnn {
     stages: Vec<(nn::Conv2D, BatchNorm2d)>,
@@ -20,7 +22,9 @@ pub struct SmallCnn {
 }
 
 impl SmallCnn {
-    /// `width` channels in the first stage, doubled at each of the next.
+    /// Builds the network under `p` with `num_classes` outputs: `width` channels in the
+    /// first stage, doubled at each of the next (`8 * width` features); `dropout` is the
+    /// probability of zeroing a feature before the head while training.
     pub fn new(p: &nn::Path, num_classes: i64, width: i64, dropout: f64) -> SmallCnn {
         let f = p / "features";
         let mut c_in = 3;
@@ -54,6 +58,8 @@ impl SmallCnn {
         x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 
+    /// Logits `[b, num_classes]` from pooled features: dropout (when `train`), then the
+    /// linear `classifier`.
     pub fn forward_head(&self, features: &Tensor, train: bool) -> Tensor {
         features
             .dropout(self.dropout, train)

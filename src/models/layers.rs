@@ -49,17 +49,29 @@ pub fn linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
 /// trains, so fine-tuning never moves the running statistics of frozen layers.
 #[derive(Debug)]
 pub struct BatchNorm2d {
+    /// Per-channel scale `[channels]`, trainable, initially 1. Turning off its
+    /// `requires_grad` freezes the layer (eval mode, see above).
     pub weight: Tensor,
+    /// Per-channel shift `[channels]`, trainable, initially 0.
     pub bias: Tensor,
+    /// Running mean of the input per channel `[channels]`, a buffer, initially 0.
     pub running_mean: Tensor,
+    /// Running (unbiased) variance of the input per channel `[channels]`, a buffer,
+    /// initially 1.
     pub running_var: Tensor,
+    /// Training batches seen, an int64 scalar buffer. The momentum is fixed, so nothing
+    /// reads it: it is there for torchvision's state-dict keys.
     pub num_batches_tracked: Tensor,
 }
 
 impl BatchNorm2d {
+    /// Weight of each training batch's statistics in the running ones (PyTorch's default).
     pub const MOMENTUM: f64 = 0.1;
+    /// Added to the variance before its square root (PyTorch's default).
     pub const EPS: f64 = 1e-5;
 
+    /// A layer over `channels` channels under `p`, initialised as torchvision's (weight 1,
+    /// bias 0, running mean 0 and variance 1, no batches tracked).
     pub fn new(p: nn::Path, channels: i64) -> BatchNorm2d {
         BatchNorm2d {
             weight: p.var("weight", &[channels], Init::Const(1.0)),
@@ -97,8 +109,8 @@ impl BatchNorm2d {
     /// the add) in place, as torchvision's `ReLU(inplace=True)` and `out += identity`
     /// (BatchNorm's backward needs its input, not its output).
     ///
-    /// Training on the CPU (float32, or bfloat16 under autocast in channels-last: see
-    /// [`fusable`]) runs it as one fused op (`csrc/batch_norm_relu.cpp`): two passes over
+    /// Training on the CPU (4-D float32 activations, or bfloat16 under autocast in
+    /// channels-last) runs it as one fused op (`csrc/batch_norm_relu.cpp`): two passes over
     /// memory each way instead of up to six. `HONDO_FUSED_BN=0` turns that off.
     pub fn forward_relu_t(&self, xs: &Tensor, residual: Option<&Tensor>, train: bool) -> Tensor {
         if self.trains(train) && fused_enabled() && fusable(xs, residual) {

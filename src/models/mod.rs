@@ -20,6 +20,8 @@ pub struct ArchInfo {
     pub first_conv: &'static str,
 }
 
+/// The head and first-convolution names of `arch`: `fc` and `conv1` for the ResNets,
+/// `classifier` and `features.0` for the small CNN.
 pub fn arch_info(arch: Arch) -> ArchInfo {
     match arch {
         Arch::SmallCnn => ArchInfo {
@@ -42,7 +44,9 @@ enum Net {
 /// A classifier built from a [`ModelConfig`].
 #[derive(Debug)]
 pub struct Model {
+    /// The architecture built (`model.arch`).
     pub arch: Arch,
+    /// Outputs of the classifier head: logits `[b, num_classes]`.
     pub num_classes: i64,
     net: Net,
 }
@@ -82,6 +86,7 @@ impl Model {
         }
     }
 
+    /// The head and first-convolution names of this model's architecture ([`arch_info`]).
     pub fn info(&self) -> ArchInfo {
         arch_info(self.arch)
     }

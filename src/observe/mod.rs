@@ -49,16 +49,19 @@ pub struct RunInfo<'a> {
     pub data: &'a str,
     /// Class names in label order.
     pub classes: &'a [String],
-    /// Images in the training and validation sets.
+    /// Images in the training set.
     pub train_images: usize,
+    /// Images in the validation set.
     pub val_images: usize,
-    /// Epochs in the run, and optimizer steps per epoch.
+    /// Epochs in the run.
     pub epochs: usize,
+    /// Optimizer steps per epoch.
     pub steps_per_epoch: usize,
     /// The device, as `cpu` or `cuda:N`.
     pub device: String,
     /// `fp32`, `bf16` or `fp16`.
     pub precision: &'static str,
+    /// Whether the model and its inputs are in channels-last (NHWC) memory format.
     pub channels_last: bool,
     /// The epoch (0-based) and batch a resumed run continues from; `None` for a new run.
     pub resumed_at: Option<(usize, usize)>,
@@ -67,11 +70,14 @@ pub struct RunInfo<'a> {
 /// The start of an epoch's training.
 #[derive(Debug, Clone, Copy)]
 pub struct EpochStart {
-    /// 0-based epoch, and the run's number of epochs.
+    /// 0-based epoch.
     pub epoch: usize,
+    /// The run's number of epochs.
     pub epochs: usize,
-    /// Batches in the epoch, and how many of them a resumed run has already done.
+    /// Batches in the epoch.
     pub batches: usize,
+    /// Batches of this epoch already done: non-zero only when a resumed run continues
+    /// mid-epoch.
     pub done: usize,
 }
 
@@ -81,12 +87,14 @@ pub struct EpochStart {
 pub struct StepReport {
     /// 0-based epoch.
     pub epoch: usize,
-    /// Optimizer steps done in the run (1-based), and the step's last batch in the epoch
-    /// (1-based).
+    /// Optimizer steps done in the run (1-based).
     pub step: usize,
+    /// The step's last batch in the epoch (1-based; a step spans several batches under
+    /// gradient accumulation).
     pub batch: usize,
-    /// Running mean loss and accuracy of the epoch so far.
+    /// Mean training loss per image of the epoch so far.
     pub loss: f64,
+    /// Training accuracy of the epoch so far, a fraction from 0 to 1.
     pub acc: f64,
     /// The base group's learning rate of this step.
     pub lr: f64,
@@ -98,6 +106,7 @@ pub struct StepReport {
 /// written.
 #[derive(Debug, Clone)]
 pub struct EpochEnd<'a> {
+    /// The epoch's line of `metrics.jsonl`.
     pub metrics: &'a EpochMetrics,
     /// The run's number of epochs.
     pub epochs: usize,

@@ -4,8 +4,7 @@
 //! infinite gradients is skipped on the device, and the scale halves after such a step and
 //! doubles after 2000 clean ones. The scaler's state is saved in checkpoints.
 
-use crate::shim::{self, Autocast, ShimError};
-use crate::config::Precision;
+use crate::shim::{self, ShimError};
 use tch::{Device, Kind, Tensor};
 
 /// GradScaler's defaults.
@@ -26,6 +25,7 @@ pub struct Scaler {
 }
 
 impl Scaler {
+    /// A scaler on `device` at GradScaler's initial scale (65536), with no clean steps.
     pub fn new(device: Device) -> Scaler {
         Scaler {
             scale: Tensor::full([], INIT_SCALE, (Kind::Float, device)),
@@ -59,7 +59,8 @@ impl Scaler {
         );
     }
 
-    /// The current scale (a host sync; for logs and tests).
+    /// The current scale (a host sync; for tests).
+    #[cfg(test)]
     pub fn current(&self) -> f64 {
         self.scale.double_value(&[])
     }

@@ -3,14 +3,18 @@
 //! optimizer step, buffers (BatchNorm running statistics) included, as timm's `ModelEmaV2`.
 //! It is evaluated each epoch beside the model and saved under `ema/<name>`.
 
-use crate::shim::{self, ShimError};
 use crate::models::ModelSpec;
+use crate::shim::{self, ShimError};
 use tch::nn::{ModuleT, VarStore};
 use tch::Tensor;
 
 pub(crate) struct Ema {
+    /// The averaged tensors, under the model's names.
     pub vs: VarStore,
+    /// The model built over `vs`, for validation.
     pub model: Box<dyn ModuleT>,
+    /// Weight of the old average at each update (`train.ema_decay`, in (0, 1): an `Ema`
+    /// exists only when it is > 0).
     decay: f64,
     /// (average, source) pairs of floating-point tensors, in one order.
     dst: Vec<Tensor>,

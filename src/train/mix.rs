@@ -11,13 +11,19 @@ use tch::{Kind, Tensor};
 /// Mixup and CutMix settings (`alpha` 0 turns one off).
 #[derive(Debug, Clone, Copy)]
 pub struct Mixing {
+    /// Mixup's Beta(alpha, alpha) parameter; 0 turns mixup off.
     pub mixup_alpha: f64,
+    /// CutMix's Beta(alpha, alpha) parameter; 0 turns CutMix off. With both on, each batch
+    /// uses one of the two, chosen with even odds.
     pub cutmix_alpha: f64,
+    /// Label smoothing of the soft targets, in [0, 1).
     pub label_smoothing: f64,
+    /// Classes, the width of the targets.
     pub num_classes: i64,
 }
 
 impl Mixing {
+    /// Whether mixup or CutMix is on.
     pub fn enabled(&self) -> bool {
         self.mixup_alpha > 0.0 || self.cutmix_alpha > 0.0
     }

@@ -10,18 +10,22 @@
 //! a per-tensor reference in tch ops (`optimizer.fused = false`), kept to test the fused
 //! path against.
 
-use crate::shim::{self, ShimError};
 use crate::config::{OptimizerConfig, OptimizerKind};
+use crate::shim::{self, ShimError};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 /// Parameters that share a learning-rate scale and a weight decay.
 #[derive(Debug)]
 pub struct ParamGroup {
-    /// A label for logs (`default`, `no_decay`, `groups[0]`...).
+    /// A label for logs (`default`, `groups[0]`, `default/no_decay`...).
     pub label: String,
+    /// The parameters by VarStore name (the names key the optimizer state). Frozen ones
+    /// may be listed: they are skipped while they do not require grad.
     pub params: Vec<(String, Tensor)>,
+    /// Multiplies the scheduled learning rate for this group (>= 0).
     pub lr_scale: f64,
+    /// Weight decay (>= 0): L2 for SGD and Adam, decoupled for AdamW.
     pub weight_decay: f64,
 }
 
@@ -46,6 +50,8 @@ impl ParamState {
     }
 }
 
+/// SGD, Adam or AdamW over [`ParamGroup`]s, with per-parameter state that
+/// [`Optimizer::state_tensors`] saves and [`Optimizer::load_state`] restores.
 #[derive(Debug)]
 pub struct Optimizer {
     kind: OptimizerKind,
@@ -59,6 +65,9 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// An optimizer of `cfg.name` (momentum, betas, eps and the fused path from `cfg`)
+    /// over `groups`, with empty state; the learning rate comes with each
+    /// [`Optimizer::step`].
     pub fn new(cfg: &OptimizerConfig, groups: Vec<ParamGroup>) -> Optimizer {
         Optimizer {
             kind: cfg.name,
@@ -77,11 +86,11 @@ impl Optimizer {
         self.fused = fused;
     }
 
+    /// The parameter groups, in the order they were given.
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }
 
-    /// Sets every gradient to zero (one foreach call).
     /// Drops every gradient (set to none, PyTorch's default): frees their memory until
     /// the next backward, which then writes gradients instead of adding to zeros.
     pub fn zero_grad(&mut self) -> Result<(), ShimError> {

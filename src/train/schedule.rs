@@ -13,6 +13,9 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// `cfg` over `epochs` epochs of `steps_per_epoch` optimizer steps (at least 1).
+    /// Warm-up lasts `cfg.warmup_epochs` (rounded to whole steps, at most the run); none
+    /// for one-cycle, which warms up by itself.
     pub fn new(cfg: &ScheduleConfig, steps_per_epoch: usize, epochs: usize) -> Schedule {
         let steps_per_epoch = steps_per_epoch.max(1);
         let total_steps = steps_per_epoch * epochs;

@@ -5,6 +5,8 @@ use crate::models::layers::{conv2d, BatchNorm2d};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, where the shortcut is `x` itself
+/// or a [`Downsample`] when the block changes resolution or width.
 #[derive(Debug)]
 pub struct BasicBlock {
     conv1: nn::Conv2D,
@@ -15,8 +17,12 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
+    /// Output channels per plane: a BasicBlock outputs `planes` channels.
     pub const EXPANSION: i64 = 1;
 
+    /// Builds the block under `p`: `c_in` input channels, `planes` output channels, `stride`
+    /// (1 or 2) on `conv1` and the shortcut. With `zero_init_residual`, `bn2`'s weight
+    /// starts at 0, so the residual branch starts at zero.
     pub fn new(
         p: &nn::Path,
         c_in: i64,

@@ -6,6 +6,9 @@ use crate::models::layers::{conv2d, BatchNorm2d};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+/// `conv1` (1x1, `c_in` to `planes`), `conv2` (3x3, the stride), `conv3` (1x1, to
+/// `4 * planes`), each followed by BatchNorm; ReLU after the first two and after adding
+/// the shortcut (`x` itself, or a [`Downsample`] when the block changes resolution or width).
 #[derive(Debug)]
 pub struct Bottleneck {
     conv1: nn::Conv2D,
@@ -18,8 +21,12 @@ pub struct Bottleneck {
 }
 
 impl Bottleneck {
+    /// Output channels per plane: a Bottleneck outputs `4 * planes` channels.
     pub const EXPANSION: i64 = 4;
 
+    /// Builds the block under `p`: `c_in` input channels, `planes` channels inside,
+    /// `4 * planes` out, `stride` (1 or 2) on `conv2` and the shortcut. With
+    /// `zero_init_residual`, `bn3`'s weight starts at 0, so the residual branch starts at zero.
     pub fn new(
         p: &nn::Path,
         c_in: i64,

@@ -16,11 +16,16 @@ use tch::Tensor;
 /// Which residual block a variant stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
+    /// [`BasicBlock`]: two 3x3 convolutions, output width `planes` (ResNet-18 and -34).
     Basic,
+    /// [`Bottleneck`]: 1x1, 3x3 and 1x1 convolutions, output width `4 * planes`
+    /// (ResNet-50, -101 and -152).
     Bottleneck,
 }
 
-/// The variant table, as torchvision's `resnet152 = (Bottleneck, [3, 8, 36, 3])`.
+/// The variant table, as torchvision's `resnet152 = (Bottleneck, [3, 8, 36, 3])`: the block
+/// and the number of blocks in `layer1` to `layer4`; `None` for an architecture that is
+/// not a ResNet.
 pub fn variant(arch: Arch) -> Option<(BlockKind, [usize; 4])> {
     Some(match arch {
         Arch::Resnet18 => (BlockKind::Basic, [2, 2, 2, 2]),
@@ -73,6 +78,9 @@ impl ModuleT for Block {
     }
 }
 
+/// A ResNet: the stem (`conv1` 7x7 stride 2, `bn1`, ReLU, 3x3 max pool stride 2), four
+/// stages `layer1` to `layer4` of 64, 128, 256 and 512 planes (each after the first
+/// halving the resolution), global average pooling and the linear `fc` head.
 #[derive(Debug)]
 pub struct ResNet {
     conv1: nn::Conv2D,
@@ -82,7 +90,11 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// Builds `arch` (a ResNet variant) with a `num_classes`-way `fc` head.
+    /// Builds `arch` (a ResNet variant) with a `num_classes`-way `fc` head. With
+    /// `zero_init_residual`, the last BatchNorm of every block starts with weight 0, so each
+    /// residual branch starts at zero (torchvision's option).
+    ///
+    /// Panics when `arch` is not a ResNet ([`variant`] is `None`).
     pub fn new(p: &nn::Path, arch: Arch, num_classes: i64, zero_init_residual: bool) -> ResNet {
         let (kind, depths) = variant(arch).expect("a ResNet architecture");
         let expansion = match kind {
@@ -138,6 +150,7 @@ impl ResNet {
         x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 
+    /// Logits `[b, num_classes]` from pooled features (the `fc` layer).
     pub fn forward_head(&self, features: &Tensor) -> Tensor {
         features.apply(&self.fc)
     }
