@@ -45,7 +45,9 @@ impl ModuleT for TinyNet {
     fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
         let x = x.apply(&self.conv1).relu().max_pool2d_default(2);
         let x = x.apply(&self.conv2).relu();
-        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.head)
+        x.adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.head)
     }
 }
 
@@ -117,19 +119,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .run()?;
     let a = weights(&straight.run_dir.join(checkpoint::LAST));
     let b = weights(&out.join("resumed").join(checkpoint::LAST));
-    if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.0 != y.0 || !x.1.equal(&y.1)) {
+    if a.len() != b.len()
+        || a.iter()
+            .zip(&b)
+            .any(|(x, y)| x.0 != y.0 || !x.1.equal(&y.1))
+    {
         return Err("the resumed run's weights differ from the straight run's".into());
     }
-    println!("resumed run: {} tensors bit-identical to the straight run", a.len());
+    println!(
+        "resumed run: {} tensors bit-identical to the straight run",
+        a.len()
+    );
 
     // 3. Export: safetensors (tensors and metadata) and TorchScript (traced through the spec).
     let last = straight.run_dir.join(checkpoint::LAST);
-    let st = export::export_with(&last, &out.join("tiny.safetensors"), Format::Safetensors, Input::Unit, Some(&spec()))?;
-    let ts = export::export_with(&last, &out.join("tiny.pt"), Format::TorchScript, Input::Unit, Some(&spec()))?;
+    let st = export::export_with(
+        &last,
+        &out.join("tiny.safetensors"),
+        Format::Safetensors,
+        Input::Unit,
+        Some(&spec()),
+    )?;
+    let ts = export::export_with(
+        &last,
+        &out.join("tiny.pt"),
+        Format::TorchScript,
+        Input::Unit,
+        Some(&spec()),
+    )?;
     let module = tch::CModule::load(&ts.path)?;
     let x = Tensor::rand([2, 3, 24, 24], (tch::Kind::Float, tch::Device::Cpu));
     let restored = checkpoint::restore_with(&last, tch::Device::Cpu, &spec())?;
-    let normalized = (&x - Tensor::from_slice(&restored.meta.mean.map(|v| v as f32)).view([1, 3, 1, 1]))
+    let normalized = (&x
+        - Tensor::from_slice(&restored.meta.mean.map(|v| v as f32)).view([1, 3, 1, 1]))
         / Tensor::from_slice(&restored.meta.std.map(|v| v as f32)).view([1, 3, 1, 1]);
     let want = tch::no_grad(|| restored.model.forward_t(&normalized, false));
     let got = module.forward_ts(&[x])?;

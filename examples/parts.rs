@@ -32,9 +32,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. A ResNet-18 with torchvision's names, standalone.
     let imagenet = VarStore::new(Device::Cpu);
     let net = models::resnet18(&imagenet.root(), 1000);
-    let logits = tch::no_grad(|| net.forward_t(&Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)), false));
+    let logits = tch::no_grad(|| {
+        net.forward_t(
+            &Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)),
+            false,
+        )
+    });
     assert_eq!(logits.size(), [2, 1000]);
-    println!("resnet18: {} tensors, logits {:?}", imagenet.variables().len(), logits.size());
+    println!(
+        "resnet18: {} tensors, logits {:?}",
+        imagenet.variables().len(),
+        logits.size()
+    );
 
     // 2. Its weights as a file (as torchvision's would be), loaded into a 4-class model:
     //    the body matches, the head is re-initialised, and the report says so.
@@ -43,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     named.sort_by(|a, b| a.0.cmp(&b.0));
     std::fs::write(&file, tensor_io::serialize(&named, Default::default())?)?;
     let vs = VarStore::new(Device::Cpu);
-    let model = models::resnet18(&vs.root(), 4);
+    let _model = models::resnet18(&vs.root(), 4);
     let report = weights::load_pretrained(&vs, &file, "fc", true)?;
     println!("weights: {}", report.summary());
     assert_eq!(report.head_reinitialised, ["fc.bias", "fc.weight"]);
@@ -72,7 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batches: Vec<_> = loader.epoch(0, 0).collect::<Result<_, _>>()?;
     assert_eq!(batches.len(), 4);
     let first = &batches[0];
-    println!("loader: {} batches, images {:?} {:?}", batches.len(), first.images.size(), first.images.kind());
+    println!(
+        "loader: {} batches, images {:?} {:?}",
+        batches.len(),
+        first.images.size(),
+        first.images.kind()
+    );
 
     // 4. A checkpoint written and read back, bit for bit.
     let meta = Meta {
@@ -107,7 +121,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&ckpt, checkpoint::to_bytes(&meta, &tensors, &[])?)?;
     let back = checkpoint::read(&ckpt)?;
     assert_eq!(back.meta, meta);
-    assert!(back.model.iter().zip(&tensors).all(|(a, b)| a.0 == b.0 && a.1.equal(&b.1)));
+    assert!(back
+        .model
+        .iter()
+        .zip(&tensors)
+        .all(|(a, b)| a.0 == b.0 && a.1.equal(&b.1)));
     println!("checkpoint: {} tensors round-trip", back.model.len());
 
     // 5. Evaluate and predict on tensors in memory.
@@ -120,10 +138,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let r = acc.report();
     assert_eq!(r.images, 64);
-    println!("evaluate: {} images, top-1 {:.1}% (an untrained head)", r.images, r.top1 * 100.0);
+    println!(
+        "evaluate: {} images, top-1 {:.1}% (an untrained head)",
+        r.images,
+        r.top1 * 100.0
+    );
     let top = predict::classify(&restored, &first.images, 2)?;
     assert_eq!(top.len(), 16);
-    assert!(top.iter().all(|t| t.len() == 2 && t[0].probability >= t[1].probability));
-    println!("predict: first image {} ({:.2})", top[0][0].class, top[0][0].probability);
+    assert!(top
+        .iter()
+        .all(|t| t.len() == 2 && t[0].probability >= t[1].probability));
+    println!(
+        "predict: first image {} ({:.2})",
+        top[0][0].class, top[0][0].probability
+    );
     Ok(())
 }

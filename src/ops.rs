@@ -7,7 +7,6 @@ pub use crate::shim::{batch_norm_relu, clip_grad_norm, is_channels_last, Autocas
 use crate::config::Precision;
 use tch::{Device, Kind};
 
-
 /// The autocast dtype of a precision setting (`None` for fp32).
 pub fn autocast_kind(p: Precision) -> Option<Kind> {
     match p {

@@ -1,9 +1,9 @@
 //! `hondo train CONFIG [--set key=value]... [--device D] [--out DIR]`, or
 //! `hondo train --resume RUN_DIR [--set ...]`.
 
+use super::console::Console;
 use anyhow::Context;
 use hondo::config::{self, Override};
-use super::console::Console;
 use hondo::observe::{MetricsLog, TrainingCurves};
 use hondo::train::{signals::StopSignal, Outcome, Trainer};
 use std::path::PathBuf;

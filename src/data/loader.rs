@@ -116,7 +116,11 @@ impl Loader {
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.opts.shuffle {
-            order.shuffle(&mut seed::rng(&[self.opts.seed, seed::tag::SHUFFLE, epoch as u64]));
+            order.shuffle(&mut seed::rng(&[
+                self.opts.seed,
+                seed::tag::SHUFFLE,
+                epoch as u64,
+            ]));
         }
         order
     }

@@ -131,7 +131,9 @@ impl BatchNorm2d {
                 Err(e) => {
                     static WARNED: OnceLock<()> = OnceLock::new();
                     WARNED.get_or_init(|| {
-                        crate::observe::defer_warning(format!("fused BatchNorm + ReLU failed, running it unfused: {e}"))
+                        crate::observe::defer_warning(format!(
+                            "fused BatchNorm + ReLU failed, running it unfused: {e}"
+                        ))
                     });
                 }
             }

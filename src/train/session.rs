@@ -136,12 +136,18 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     let mut pos = Position::default();
     if let Some(ckpt) = &resume {
         if ckpt.meta.arch != spec.name() {
-            return Err(crate::Error::Checkpoint(checkpoint::CheckpointError::OtherModel {
-                path: t.resume.as_deref().unwrap_or(Path::new("")).join(checkpoint::LAST),
-                found: ckpt.meta.arch.clone(),
-                expected: spec.name().to_string(),
-            })
-            .into());
+            return Err(
+                crate::Error::Checkpoint(checkpoint::CheckpointError::OtherModel {
+                    path: t
+                        .resume
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .join(checkpoint::LAST),
+                    found: ckpt.meta.arch.clone(),
+                    expected: spec.name().to_string(),
+                })
+                .into(),
+            );
         }
         checkpoint::copy_exact(&vs, &ckpt.model).context("loading the checkpoint's weights")?;
         pos = Position {
@@ -170,7 +176,8 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     }
     let mut optimizer = Optimizer::new(&cfg.optimizer, param_groups::build(&vs, &cfg.optimizer));
     let mut scaler = (cfg.train.precision == Precision::Fp16).then(|| Scaler::new(device));
-    let ema = (cfg.train.ema_decay > 0.0).then(|| Ema::new(&vs, &spec, num_classes, cfg.train.ema_decay));
+    let ema =
+        (cfg.train.ema_decay > 0.0).then(|| Ema::new(&vs, &spec, num_classes, cfg.train.ema_decay));
     if let Some(ckpt) = resume {
         let state = match &mut scaler {
             Some(scaler) => scaler.load_state(ckpt.optimizer),

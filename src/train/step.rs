@@ -60,7 +60,8 @@ pub(super) fn train_epoch(
         batches: n_batches,
         done: pos.batch,
     };
-    s.observers.each("epoch_started", |o| o.epoch_started(&start))?;
+    s.observers
+        .each("epoch_started", |o| o.epoch_started(&start))?;
     let mut count = EpochCount {
         stats: Running::default(),
         images: 0,
@@ -91,7 +92,8 @@ pub(super) fn train_epoch(
         let x = s.normalize.apply(&batch.images);
         let y = batch.labels.to_device(s.device);
         let (x, soft_targets) = if s.mixing.enabled() {
-            let seed = seed::combine(&[cfg.train.seed, seed::tag::MIXING, pos.step as u64, b as u64]);
+            let seed =
+                seed::combine(&[cfg.train.seed, seed::tag::MIXING, pos.step as u64, b as u64]);
             let (x, t) = s.mixing.apply(x, &y, seed);
             (x, Some(t))
         } else {

@@ -3,7 +3,6 @@
 use super::common::{hondo, no_panic, write, TINY};
 use predicates::prelude::*;
 
-
 #[test]
 fn info_prints_versions() {
     hondo()

@@ -204,7 +204,12 @@ pub fn assert_refused(b: &Bounded, names: &[&str]) {
     );
     assert_ne!(b.code, Some(0), "exit status 0\nstderr:\n{}", b.stderr);
     let errors = b.error_lines();
-    assert_eq!(errors.len(), 1, "want one error: line\nstderr:\n{}", b.stderr);
+    assert_eq!(
+        errors.len(),
+        1,
+        "want one error: line\nstderr:\n{}",
+        b.stderr
+    );
     for n in names {
         assert!(
             errors[0].contains(n),
@@ -276,7 +281,9 @@ pub fn train_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     assert!(
         out.status.success(),
         "hondo train {:?} failed:\n{err}",
-        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>()
+        args.iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect::<Vec<_>>()
     );
     err
 }

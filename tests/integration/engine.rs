@@ -5,13 +5,13 @@
 use super::common::{assert_same_tensors, repo, write, TINY};
 use hondo::checkpoint;
 use hondo::config::{OptimizerConfig, OptimizerKind};
-use hondo::train::optimizer::{Optimizer, ParamGroup};
 use hondo::metrics;
 use hondo::train;
+use hondo::train::optimizer::{Optimizer, ParamGroup};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -23,7 +23,11 @@ fn train_cmd(dir: &Path, run: &str, sets: &[&str], resume: bool) -> Command {
     let mut args: Vec<String> = if resume {
         vec!["--resume".into(), run.display().to_string()]
     } else {
-        vec![cfg.display().to_string(), "--out".into(), run.display().to_string()]
+        vec![
+            cfg.display().to_string(),
+            "--out".into(),
+            run.display().to_string(),
+        ]
     };
     for s in sets {
         args.extend(["--set".to_string(), s.to_string()]);
@@ -252,7 +256,11 @@ fn a_flagged_step_changes_nothing() {
             .collect();
         opt.step(0.1, Some(&Tensor::from(1.0f32))).unwrap();
         assert!(p.equal(&after_one), "{kind:?} moved on a flagged step");
-        assert_same_tensors(&format!("{kind:?} state on a flagged step"), &state, &opt.state_tensors());
+        assert_same_tensors(
+            &format!("{kind:?} state on a flagged step"),
+            &state,
+            &opt.state_tensors(),
+        );
     }
 }
 

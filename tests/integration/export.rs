@@ -89,7 +89,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }

@@ -60,6 +60,7 @@ fn checkpoint_with(
         .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = Meta {
+        head: None,
         hondo_version: "test".into(),
         arch: "small_cnn".into(),
         num_classes,

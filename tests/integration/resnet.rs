@@ -4,8 +4,8 @@
 
 use super::common::{hondo, no_panic, python_fixtures, write};
 use hondo::config::{Arch, ModelConfig, OptimizerConfig};
-use hondo::models::{self, Model};
 use hondo::metrics;
+use hondo::models::{self, Model};
 use hondo::train::{optimizer::Optimizer, param_groups};
 use hondo::weights;
 use predicates::prelude::*;
@@ -293,7 +293,6 @@ fn frozen_batchnorm_keeps_its_statistics_while_the_rest_trains() {
     }
     assert_eq!(vars["bn1.num_batches_tracked"].int64_value(&[]), 1);
 }
-
 
 /// resnet18 on shapes at 32x32, small enough for two CPU cores.
 const SHAPES_RESNET18: &str = r#"

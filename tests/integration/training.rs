@@ -153,5 +153,9 @@ fn resume_continues_and_matches_an_uninterrupted_run() {
     assert_eq!(a.meta.step, b.meta.step);
     assert!(!a.model.is_empty() && !a.optimizer.is_empty());
     assert_same_tensors("model, straight against resumed", &a.model, &b.model);
-    assert_same_tensors("optimizer, straight against resumed", &a.optimizer, &b.optimizer);
+    assert_same_tensors(
+        "optimizer, straight against resumed",
+        &a.optimizer,
+        &b.optimizer,
+    );
 }
