@@ -52,7 +52,7 @@ impl ModuleT for TinyNet {
 }
 
 fn spec() -> ModelSpec {
-    ModelSpec::custom("tiny_net", |p, classes| TinyNet::new(p, classes)).with_head("head")
+    ModelSpec::custom("tiny_net", TinyNet::new).with_head("head")
 }
 
 /// Our own observer: remembers the validation accuracy of each epoch.

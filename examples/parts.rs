@@ -60,9 +60,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(conv1(&vs).equal(&conv1(&imagenet)));
 
     // 3. The loader alone: generated shapes, transformed and batched in worker threads.
-    let mut data = DataConfig::default();
-    data.image_size = 64;
-    data.val_size = 64;
+    let data = DataConfig {
+        image_size: 64,
+        val_size: 64,
+        ..DataConfig::default()
+    };
     let val: Arc<dyn Dataset> = Arc::new(Shapes::new(&data, Split::Val));
     let classes = val.classes().to_vec();
     let loader = Loader::new(

@@ -31,6 +31,7 @@ pub const SHOWN_CLASSES: usize = 30;
 /// Precision and recall of one class.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassMetrics {
+    /// Class name (`#i` for an output the checkpoint does not name).
     pub class: String,
     /// Images whose true class this is.
     pub support: u64,
@@ -47,20 +48,26 @@ pub struct ClassMetrics {
 /// Images of class `truth` predicted as `predicted` (a different class).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Mistake {
+    /// True class, an output index.
     pub truth: usize,
+    /// Top-1 predicted class, an output index, never `truth`.
     pub predicted: usize,
+    /// Number of such images, at least 1.
     pub count: u64,
 }
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// Images evaluated (unreadable, skipped ones excluded).
     pub images: u64,
     /// Mean cross-entropy.
     pub loss: f64,
+    /// Top-1 accuracy, a fraction in [0, 1].
     pub top1: f64,
     /// Top-k accuracy with `k = min(5, number of outputs)`.
     pub top5: f64,
+    /// Precision and recall of every output class, in output order.
     pub per_class: Vec<ClassMetrics>,
     /// `confusion[true][predicted]` counts, in output order; empty when the model has more
     /// than [`DENSE_CONFUSION_MAX`] outputs.
@@ -68,6 +75,7 @@ pub struct Report {
     /// Every off-diagonal count of the confusion matrix, most frequent first (ties by class
     /// index).
     pub mistakes: Vec<Mistake>,
+    /// Name of every output, in output order (`#i` where the checkpoint has none).
     pub classes: Vec<String>,
 }
 
@@ -188,6 +196,7 @@ impl Accumulator {
         self.loss_sum += loss_sum;
     }
 
+    /// The report of everything added so far (loss and accuracies are NaN if nothing was).
     pub fn report(&self) -> Report {
         let n = self.images as f64;
         let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
@@ -293,6 +302,7 @@ pub struct EvalOptions {
     /// An image folder (`DIR/<class>/<image>`); `None`: the checkpoint config's validation
     /// split.
     pub data: Option<PathBuf>,
+    /// Images per forward pass.
     pub batch_size: usize,
     /// Loader threads; 0 picks one per core.
     pub workers: usize,

@@ -47,6 +47,7 @@ pub const MAX_PLOTTED: f64 = 1e12;
 /// What [`curves`] drew.
 #[derive(Debug, Clone)]
 pub struct Curves {
+    /// The PNG written: `run_dir/training-curves.png`.
     pub path: PathBuf,
     /// Values left out, per series: non-finite or beyond [`MAX_PLOTTED`].
     pub notes: Vec<String>,

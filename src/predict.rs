@@ -83,14 +83,18 @@ pub fn image_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 /// A class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassProb {
+    /// Class name (`#i` for an output the checkpoint does not name).
     pub class: String,
+    /// Softmax probability, in [0, 1].
     pub probability: f64,
 }
 
 /// The top-k classes of one image, most probable first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
+    /// The image file.
     pub file: PathBuf,
+    /// The `k` most probable classes, most probable first.
     pub top: Vec<ClassProb>,
 }
 

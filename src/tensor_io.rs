@@ -8,16 +8,23 @@ use tch::{Device, Kind, Tensor};
 /// Errors name the tensor or the problem in the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorIoError {
+    /// Writing: the named tensor's kind has no safetensors dtype in [`dtype_of`].
     #[error("tensor `{0}` has dtype {1:?}, which safetensors cannot hold here")]
     UnsupportedKind(String, Kind),
+    /// Reading: the named tensor's dtype has no tch kind in [`kind_of`].
     #[error("tensor `{0}` has dtype {1:?}, which hondo cannot read")]
     UnsupportedDtype(String, Dtype),
+    /// The bytes are not valid safetensors, or a tensor view could not be built (the
+    /// `safetensors` crate's message).
     #[error("not a valid safetensors file: {0}")]
     Format(String),
+    /// libtorch failed on the named tensor (copying its data out or in).
     #[error("tensor `{0}`: {1}")]
     Tch(String, tch::TchError),
 }
 
+/// The safetensors dtype of a tch kind: floats (f64, f32, f16, bf16), signed ints (8 to 64
+/// bits), `u8` and bool; `None` for any other kind.
 pub fn dtype_of(kind: Kind) -> Option<Dtype> {
     Some(match kind {
         Kind::Float => Dtype::F32,
@@ -34,6 +41,8 @@ pub fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
+/// The tch kind of a safetensors dtype, the inverse of [`dtype_of`]; `None` for dtypes it
+/// does not map.
 pub fn kind_of(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
         Dtype::F32 => Kind::Float,

@@ -21,6 +21,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
+/// Value of the `hondo.format` metadata key that marks a hondo checkpoint.
 pub const FORMAT: &str = "hondo-checkpoint";
 /// 2: `ema/` tensors and `optimizer/scaler.*` entries (a version-1 reader would take
 /// `ema/` tensors for model weights); version-1 files read unchanged.
@@ -39,17 +40,24 @@ pub struct Meta {
     /// whose heads are known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
+    /// Number of classes the classifier head outputs, >= 1 (checked against the head's
+    /// weight on read).
     pub num_classes: i64,
-    /// Class names in label order.
+    /// Class names in label order; at most `num_classes` of them.
     pub classes: Vec<String>,
-    /// Eval preprocessing: input side, resize ratio, normalisation.
+    /// Eval input side in pixels, in [`IMAGE_SIZE_RANGE`].
     pub image_size: u32,
+    /// Eval centre-crop fraction (resize the shorter side to `image_size / crop_fraction`,
+    /// then crop), in (0, 1].
     pub crop_fraction: f64,
+    /// Per-channel normalisation mean (RGB, 0..1 scale), finite.
     pub mean: [f64; 3],
+    /// Per-channel normalisation standard deviation (RGB, 0..1 scale), finite and > 0.
     pub std: [f64; 3],
-    /// Epoch in progress (0-based) and batches of it already done: a checkpoint written
-    /// at the end of epoch `e` says `epoch = e + 1, batch = 0`.
+    /// Epoch in progress (0-based): a checkpoint written at the end of epoch `e` says
+    /// `epoch = e + 1, batch = 0`.
     pub epoch: usize,
+    /// Batches of `epoch` already done.
     pub batch: usize,
     /// Optimizer steps done.
     pub step: usize,
@@ -66,21 +74,30 @@ pub struct Meta {
 /// A checkpoint read back.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// The metadata, validated.
     pub meta: Meta,
+    /// Model parameters and buffers, by torchvision-style name (`conv1.weight`, ...).
     pub model: Vec<(String, Tensor)>,
+    /// Optimizer and loss-scaler state, `optimizer/` prefix stripped.
     pub optimizer: Vec<(String, Tensor)>,
     /// The moving average of the model's tensors, same names as `model` (empty without EMA).
     pub ema: Vec<(String, Tensor)>,
 }
 
+/// Errors reading, validating or restoring a checkpoint; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The file could not be opened or read.
     #[error("cannot read checkpoint {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// Not safetensors, or without valid hondo metadata (format marker, version, `hondo.meta`
+    /// JSON); the string says why.
     #[error("{0} is not a hondo checkpoint: {1}")]
     NotACheckpoint(PathBuf, String),
+    /// The file's format version is above [`VERSION`].
     #[error("{0}: checkpoint format version {1} is newer than this hondo reads ({VERSION})")]
     TooNew(PathBuf, u32),
+    /// The tensors could not be converted to or from safetensors.
     #[error("{0}: {1}")]
     Tensors(PathBuf, tensor_io::TensorIoError),
     /// The checkpoint holds another model than the one asked for.
@@ -88,15 +105,19 @@ pub enum CheckpointError {
     OtherModel {
         /// The checkpoint.
         path: PathBuf,
-        /// The architecture it records, and the one asked for.
+        /// The architecture it records.
         found: String,
+        /// The architecture asked for.
         expected: String,
     },
     /// The metadata contradicts itself, its tensors or a sane range.
     #[error("{}: checkpoint metadata `{field}` {problem}", path.display())]
     BadMeta {
+        /// The checkpoint.
         path: PathBuf,
+        /// The offending [`Meta`] field (`num_classes`, `image_size`, ...).
         field: &'static str,
+        /// What is wrong with it, for the message.
         problem: String,
     },
 }
@@ -316,8 +337,9 @@ fn parse_meta(path: &Path, metadata: &HashMap<String, String>) -> Result<Meta, C
     Ok(meta)
 }
 
-/// File names inside a run directory.
+/// File name of the latest checkpoint inside a run directory.
 pub const LAST: &str = "last.safetensors";
+/// File name of the best checkpoint (by the monitored metric) inside a run directory.
 pub const BEST: &str = "best.safetensors";
 
 /// `epoch-0007.safetensors`: zero-padded so names sort by epoch.
@@ -538,7 +560,8 @@ mod tests {
             ("crop_fraction", |m| m.crop_fraction = 1.5),
             ("std", |m| m.std[2] = 0.0),
             ("std", |m| m.std[0] = -1.0),
-            ("arch", |m| m.arch = "vgg16".into()),
+            // Any name can be a custom model's; an empty one is no name.
+            ("arch", |m| m.arch = " ".into()),
         ];
         for (field, edit) in cases {
             let p = crafted(dir.path(), edit);

@@ -8,27 +8,47 @@ use std::path::Path;
 /// Everything that can be wrong with a configuration, each naming where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// Path of the file, as given.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// TOML syntax error, or a value of the wrong type or an unknown key.
     #[error("{file}:{line}:{column}: {key}{message}")]
     Syntax {
+        /// Name of the source (a path, or e.g. `ckpt (embedded config)`).
         file: String,
+        /// 1-based line of the error.
         line: usize,
+        /// 1-based column of the error, in characters.
         column: usize,
+        /// Dotted path of the offending key, if known.
         key: KeyPrefix,
+        /// The parser's message, trimmed.
         message: String,
     },
+    /// A `--set` override that does not parse, or does not fit the config's types.
     #[error("--set {text}: {message}")]
-    Override { text: String, message: String },
+    Override {
+        /// The override as written on the command line (`key.path=value`).
+        text: String,
+        /// What is wrong, prefixed by the key when known.
+        message: String,
+    },
     /// One problem on one line (so an `error:` line names the key); several as a list.
     #[error("invalid configuration in {file}:{}", match .problems.as_slice() {
         [one] => format!(" {one}"),
         many => many.iter().map(|p| format!("\n  - {p}")).collect::<String>(),
     })]
-    Invalid { file: String, problems: Vec<String> },
+    Invalid {
+        /// Name of the source.
+        file: String,
+        /// Each problem as `key: message`, in check order; never empty.
+        problems: Vec<String>,
+    },
 }
 
 /// `key `model.arch`: ` when a key path is known, empty otherwise.

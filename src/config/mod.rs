@@ -38,10 +38,15 @@ pub struct Config {
 pub enum Arch {
     /// A small conv-BN-ReLU network for small images (see `models::cnn`).
     SmallCnn,
+    /// ResNet-18 (torchvision's layout and parameter names; basic blocks).
     Resnet18,
+    /// ResNet-34 (torchvision's layout and parameter names; basic blocks).
     Resnet34,
+    /// ResNet-50 (torchvision's layout and parameter names; bottleneck blocks).
     Resnet50,
+    /// ResNet-101 (torchvision's layout and parameter names; bottleneck blocks).
     Resnet101,
+    /// ResNet-152 (torchvision's layout and parameter names; bottleneck blocks).
     Resnet152,
 }
 
@@ -267,8 +272,11 @@ impl Default for AugmentConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
+    /// `sgd` (the default): SGD with `momentum`/`nesterov` and L2 weight decay.
     Sgd,
+    /// `adam`: Adam with `betas`/`eps` and L2 weight decay added to the gradient.
     Adam,
+    /// `adamw`: Adam with decoupled weight decay.
     Adamw,
 }
 
@@ -348,10 +356,17 @@ impl Default for ParamGroupConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
+    /// `constant`: the peak rate throughout (after warm-up).
     Constant,
+    /// `step`: multiply by `gamma` every `step_epochs` epochs.
     Step,
+    /// `multistep`: multiply by `gamma` at each epoch in `milestones`.
     Multistep,
+    /// `cosine` (the default): cosine decay from the peak to `min_lr_factor` times it,
+    /// after warm-up.
     Cosine,
+    /// `one_cycle`: as torch's `OneCycleLR` (cosine), from peak/25 up to the peak over
+    /// `pct_start` of the run, then down to `min_lr_factor`; ignores `warmup_epochs`.
     OneCycle,
 }
 
@@ -396,8 +411,12 @@ impl Default for ScheduleConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
+    /// `fp32` (the default): no autocast.
     Fp32,
+    /// `bf16`: autocast to bfloat16, on CPU or CUDA.
     Bf16,
+    /// `fp16`: autocast to float16 with dynamic loss scaling (steps with non-finite
+    /// gradients are skipped).
     Fp16,
 }
 
@@ -467,7 +486,9 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NonFinite {
+    /// `stop` (the default): end the run with an error; the last good checkpoint is kept.
     Stop,
+    /// `skip`: skip the step with a warning; its loss is left out of the epoch's metrics.
     Skip,
 }
 
@@ -499,7 +520,9 @@ impl Default for TrainConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MonitorMode {
+    /// `max`: higher is better (accuracies).
     Max,
+    /// `min`: lower is better (losses).
     Min,
 }
 
@@ -508,9 +531,13 @@ pub enum MonitorMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Monitor {
+    /// `val_acc` (the default): validation accuracy.
     ValAcc,
+    /// `val_loss`: validation loss.
     ValLoss,
+    /// `train_acc`: training accuracy over the epoch.
     TrainAcc,
+    /// `train_loss`: training loss over the epoch.
     TrainLoss,
     /// Needs `train.ema_decay` > 0.
     ValAccEma,

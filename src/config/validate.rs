@@ -122,13 +122,13 @@ pub fn problems(c: &Config) -> Vec<String> {
     let a = &d.augment;
     p.each("data.augment.scale", &a.scale, above(0.0, 1.0));
     p.check(
-        !(a.scale[0] > a.scale[1]),
+        a.scale[0].partial_cmp(&a.scale[1]) != Some(std::cmp::Ordering::Greater),
         "data.augment.scale",
         format!("must be [min, max] with min <= max, got {:?}", a.scale),
     );
     p.each("data.augment.ratio", &a.ratio, 0.1..=10.0);
     p.check(
-        !(a.ratio[0] > a.ratio[1]),
+        a.ratio[0].partial_cmp(&a.ratio[1]) != Some(std::cmp::Ordering::Greater),
         "data.augment.ratio",
         format!("must be [min, max] with min <= max, got {:?}", a.ratio),
     );

@@ -49,6 +49,8 @@ pub struct ImageFolder {
 }
 
 impl ImageFolder {
+    /// A split over `listing`, each file decoded (images with a side over `max_side` pixels
+    /// rejected unread) and passed through `transform`.
     pub fn new(listing: Listing, transform: Transform, max_side: u32) -> ImageFolder {
         ImageFolder {
             classes: listing.classes,

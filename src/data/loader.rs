@@ -19,11 +19,13 @@ use tch::{Kind, Tensor};
 /// How a [`Loader`] batches a dataset.
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
+    /// Samples per batch, at least 1 (the last batch may be smaller unless `drop_last`).
     pub batch_size: usize,
     /// Shuffle every epoch (seeded by `seed` and the epoch).
     pub shuffle: bool,
     /// Drop a last, incomplete batch.
     pub drop_last: bool,
+    /// Seed of the shuffle order and of each sample's augmentation stream.
     pub seed: u64,
     /// Worker threads; 0 picks one per core.
     pub workers: usize,
@@ -68,12 +70,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// One batch: `images` is `u8 [b, h, w, 3]`, `labels` is `i64 [b]`.
 pub struct Batch {
+    /// `u8 [b, h, w, 3]` with `h = w` the dataset's image size; `b` excludes skipped samples.
     pub images: Tensor,
+    /// `i64 [b]` class labels, in the order of `images`.
     pub labels: Tensor,
     /// Samples skipped in this batch, with the reason.
     pub skipped: Vec<SampleError>,
 }
 
+/// Batches a dataset per epoch on its own worker pool, in a deterministic order.
 pub struct Loader {
     dataset: Arc<dyn Dataset>,
     opts: LoaderOptions,
@@ -81,6 +86,8 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// A loader of `dataset` with a pool of `opts.workers` threads (0: one per core); fails
+    /// only if the pool cannot be built.
     pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> anyhow::Result<Loader> {
         let workers = if opts.workers == 0 {
             default_workers()
@@ -98,6 +105,7 @@ impl Loader {
         })
     }
 
+    /// The dataset being batched.
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
         &self.dataset
     }

@@ -24,7 +24,9 @@ use std::sync::Arc;
 /// One sample: an interleaved RGB image (`size * size * 3` bytes, row-major) and its label.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// `size * size * 3` bytes, interleaved RGB, row-major.
     pub image: Vec<u8>,
+    /// Class index, 0-based, in the dataset's class order.
     pub label: i64,
 }
 
@@ -32,7 +34,9 @@ pub struct Sample {
 #[derive(Debug, thiserror::Error)]
 #[error("{item}: {reason}")]
 pub struct SampleError {
+    /// The file path, or a description of the item within a dataset file.
     pub item: String,
+    /// Why it could not be read.
     pub reason: String,
 }
 
@@ -54,7 +58,9 @@ pub trait Dataset: Send + Sync {
 
 /// The training and validation sets of a config.
 pub struct Splits {
+    /// Training set, with the training transform (augmentation).
     pub train: Arc<dyn Dataset>,
+    /// Validation set, with the eval transform.
     pub val: Arc<dyn Dataset>,
 }
 

@@ -14,6 +14,8 @@ pub struct Normalize {
 }
 
 impl Normalize {
+    /// From `mean` and `std` on the 0..1 scale (RGB), on `device`; `channels_last` keeps the
+    /// output in NHWC memory order instead of making it contiguous NCHW.
     pub fn new(mean: [f64; 3], std: [f64; 3], device: Device, channels_last: bool) -> Normalize {
         let m: Vec<f32> = mean.iter().map(|m| (m * 255.0) as f32).collect();
         let s: Vec<f32> = std.iter().map(|s| (1.0 / (s * 255.0)) as f32).collect();

@@ -10,12 +10,16 @@ use rand_chacha::ChaCha8Rng;
 /// Class names in label order; `data.num_shapes` takes a prefix.
 pub const CLASSES: [&str; 6] = ["circle", "square", "triangle", "cross", "ring", "bar"];
 
+/// Which split of the shapes set; each draws from its own random stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
+    /// `data.train_size` images, horizontally flipped with probability `data.augment.hflip`.
     Train,
+    /// `data.val_size` images, never flipped.
     Val,
 }
 
+/// One split of the procedurally drawn shapes set.
 pub struct Shapes {
     classes: Vec<String>,
     len: usize,
@@ -26,6 +30,8 @@ pub struct Shapes {
 }
 
 impl Shapes {
+    /// The `split` of `cfg`: its first `data.num_shapes` classes, `data.image_size` pixels
+    /// square, seeded by `data.seed`.
     pub fn new(cfg: &DataConfig, split: Split) -> Shapes {
         Shapes {
             classes: CLASSES[..cfg.num_shapes]

@@ -17,7 +17,9 @@ use std::cell::RefCell;
 /// A borrowed interleaved RGB8 image.
 #[derive(Debug, Clone, Copy)]
 pub struct RgbRef<'a> {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
     /// `width * height * 3` bytes, row-major.
     pub pixels: &'a [u8],
@@ -37,9 +39,13 @@ impl<'a> From<&'a image::RgbImage> for RgbRef<'a> {
 /// source coordinates of a crop taken after resizing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Region {
+    /// Left edge, in source pixels from the left.
     pub left: f64,
+    /// Top edge, in source pixels from the top.
     pub top: f64,
+    /// Width in source pixels.
     pub width: f64,
+    /// Height in source pixels.
     pub height: f64,
 }
 

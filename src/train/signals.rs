@@ -19,6 +19,7 @@ pub const DEFAULT_GRACE_S: u64 = 30;
 /// The environment variable that sets the grace period.
 pub const GRACE_ENV: &str = "HONDO_STOP_GRACE_S";
 
+/// Handle to the installed stop handlers: whether a stop was asked for, and by which signal.
 #[derive(Clone)]
 pub struct StopSignal {
     int: Arc<AtomicBool>,

@@ -38,43 +38,85 @@ use thiserror::Error;
 /// Errors reading a weights file or loading it into a model.
 #[derive(Debug, Error)]
 pub enum WeightsError {
+    /// The file could not be opened or read.
     #[error("cannot read weights file {}: {source}", path.display())]
     Io {
+        /// The weights file.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The extension is none of `.safetensors`, `.pth`, `.pt`, `.bin`, `.tar`, `.ot`.
     #[error("{}: unknown weights format (expected .safetensors, .pth, .pt, .bin, .tar or .ot)", path.display())]
-    UnknownFormat { path: PathBuf },
+    UnknownFormat {
+        /// The weights file.
+        path: PathBuf,
+    },
+    /// The file's contents contradict its format or themselves (bad header, offsets, pickle).
     #[error("{}: malformed weights file: {reason}", path.display())]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong, for the message.
+        reason: String,
+    },
+    /// The pickle names a global outside the whitelist; nothing from the file was run.
     #[error(
         "{}: refusing to load: its pickle references the global `{global}`, which is not one of \
          the tensor-rebuilding globals a state dict needs (nothing from the file was run)",
         path.display()
     )]
-    ForbiddenGlobal { path: PathBuf, global: String },
+    ForbiddenGlobal {
+        /// The weights file.
+        path: PathBuf,
+        /// The refused global, as `module.name`.
+        global: String,
+    },
+    /// libtorch failed to read a `.ot` archive.
     #[error("{}: libtorch cannot read it: {source}", path.display())]
     Torch {
+        /// The weights file.
         path: PathBuf,
+        /// libtorch's error.
         #[source]
         source: TchError,
     },
+    /// Two tensors have the same name once `module.` is stripped.
     #[error("tensor {name} appears twice in the weights (after stripping `module.`)")]
-    DuplicateTensor { name: String },
+    DuplicateTensor {
+        /// The repeated name.
+        name: String,
+    },
+    /// Strict load: a tensor's shape differs from the model variable of that name (the
+    /// first such, in name order).
     #[error("shape mismatch for {name}: the model has {expected:?}, the weights have {found:?}")]
     ShapeMismatch {
+        /// The variable's name.
         name: String,
+        /// The model variable's shape.
         expected: Vec<i64>,
+        /// The file tensor's shape.
         found: Vec<i64>,
     },
+    /// Strict load: model variables with no tensor in the weights.
     #[error("{} model tensor(s) missing from the weights: {}", names.len(), short_list(names))]
-    Missing { names: Vec<String> },
+    Missing {
+        /// The missing variables' names, sorted.
+        names: Vec<String>,
+    },
+    /// Strict load: tensors in the weights that name no model variable.
     #[error("{} tensor(s) in the weights match nothing in the model: {}", names.len(), short_list(names))]
-    Unexpected { names: Vec<String> },
+    Unexpected {
+        /// The unmatched tensors' names, sorted.
+        names: Vec<String>,
+    },
+    /// Converting a tensor to its variable's dtype and device, or copying it in, failed.
     #[error("copying {name} into the model failed: {source}")]
     Copy {
+        /// The variable's name.
         name: String,
+        /// libtorch's error.
         #[source]
         source: TchError,
     },
@@ -83,6 +125,7 @@ pub enum WeightsError {
 /// How a file was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// safetensors (`.safetensors`).
     Safetensors,
     /// `torch.save`, zip format (PyTorch >= 1.6).
     TorchZip,
@@ -102,6 +145,7 @@ pub struct TensorFile {
     pub ema: Vec<(String, Tensor)>,
     /// The safetensors `__metadata__`; empty for other formats.
     pub metadata: HashMap<String, String>,
+    /// The format the file was read as.
     pub format: Format,
 }
 

@@ -1130,12 +1130,10 @@ pub(crate) mod tests {
         // Dicts of dicts through SETITEM.
         let mut p = vec![0x80, 2];
         for _ in 0..1000 {
-            p.extend_from_slice(&[b'}', b'N']);
+            p.extend_from_slice(b"}N");
         }
-        p.extend_from_slice(&[b'}']);
-        for _ in 0..1000 {
-            p.push(b's');
-        }
+        p.push(b'}');
+        p.extend(std::iter::repeat_n(b's', 1000));
         p.push(b'.');
         assert!(malformed_msg(&p).contains("nest more than 200 deep"));
     }
@@ -1158,7 +1156,7 @@ pub(crate) mod tests {
             p.extend_from_slice(&i.to_le_bytes());
             p.push(b'j');
             p.extend_from_slice(&(i + 1).to_le_bytes());
-            p.extend_from_slice(&[b'a', b'0']);
+            p.extend_from_slice(b"a0");
         }
         p.extend_from_slice(&[b'j', 0, 0, 0, 0, b'.']);
         // Run on a small stack, as a loader thread would have.
@@ -1166,7 +1164,7 @@ pub(crate) mod tests {
             .stack_size(256 << 10)
             .spawn(move || {
                 let u = unpickle(&p, 0).unwrap();
-                assert_eq!(format!("{:?}", u.value).len() < 100, true);
+                assert!(format!("{:?}", u.value).len() < 100);
                 drop(u);
             })
             .unwrap()
@@ -1195,7 +1193,7 @@ pub(crate) mod tests {
         for _ in 0..100_000 {
             p.extend_from_slice(&[b'h', 0]);
         }
-        p.extend_from_slice(&[b'l', b'.']);
+        p.extend_from_slice(b"l.");
         assert!(matches!(unpickle(&p, 0).unwrap().value, Value::List(_)));
     }
 

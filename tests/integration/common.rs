@@ -129,6 +129,8 @@ impl Bounded {
     }
 }
 
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 /// Runs `hondo ARGS` with `RUST_BACKTRACE=1`, no standard input and `envs`, and kills it
 /// (failing the test as a hang) after `limit`. Peak memory is measured for the child alone.
 pub fn run_bounded(args: &[&std::ffi::OsStr], envs: &[(&str, &str)], limit: Duration) -> Bounded {
