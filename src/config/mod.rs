@@ -286,7 +286,8 @@ pub enum OptimizerKind {
 pub struct OptimizerConfig {
     /// `sgd`, `adam` or `adamw`.
     pub name: OptimizerKind,
-    /// Peak learning rate (the schedule scales it), in (0, 10].
+    /// Peak learning rate (the schedule scales it), in (0, 1e6]: finite, and loose enough
+    /// for any schedule (a diverging rate is caught by `train.on_nonfinite`).
     pub lr: f64,
     /// SGD momentum, in [0, 1).
     pub momentum: f64,

@@ -136,7 +136,7 @@ pub fn problems(c: &Config) -> Vec<String> {
     p.range("data.augment.color_jitter", a.color_jitter, 0.0..=1.0);
 
     let o = &c.optimizer;
-    p.range("optimizer.lr", o.lr, above(0.0, 10.0));
+    p.range("optimizer.lr", o.lr, above(0.0, 1e6));
     p.range("optimizer.momentum", o.momentum, 0.0..1.0);
     p.range("optimizer.weight_decay", o.weight_decay, 0.0..=1.0);
     p.each("optimizer.betas", &o.betas, 0.0..1.0);
@@ -364,7 +364,7 @@ mod tests {
             ("schedule.gamma", "(0, 1]"),
             ("schedule.min_lr_factor", "[0, 1]"),
             ("schedule.pct_start", "(0, 1)"),
-            ("optimizer.lr", "(0, 10]"),
+            ("optimizer.lr", "(0, 1000000]"),
             ("optimizer.momentum", "[0, 1)"),
             ("optimizer.weight_decay", "[0, 1]"),
             ("optimizer.eps", "(0, 1]"),

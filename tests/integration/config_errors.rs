@@ -101,7 +101,7 @@ fn unknown_model_lists_the_allowed_names() {
 fn out_of_range_values_name_the_key_and_the_range() {
     has(
         &err("[optimizer]\nlr = 0.0\n"),
-        &["optimizer.lr", "must be in (0, 10], got 0"],
+        &["optimizer.lr", "must be in (0, 1000000], got 0"],
     );
     has(
         &err("[train]\nbatch_size = 0\n"),
@@ -167,7 +167,7 @@ fn overrides_are_validated_like_the_file() {
     );
     has(
         &err_set("", &["optimizer.lr=0"]),
-        &["optimizer.lr", "must be in (0, 10], got 0"],
+        &["optimizer.lr", "must be in (0, 1000000], got 0"],
     );
     has(
         &err_set("", &["train.epochs.x=1"]),
