@@ -134,6 +134,9 @@ pub struct Accumulator {
     predicted: Vec<u64>,
     correct: Vec<u64>,
     mistakes: HashMap<(usize, usize), u64>,
+    /// Whether non-finite logits are counted (training's validation of a run that diverges
+    /// under `on_nonfinite = "skip"`: its metrics are NaN) instead of refused.
+    allow_non_finite: bool,
 }
 
 impl Accumulator {
@@ -152,7 +155,14 @@ impl Accumulator {
             predicted: vec![0; num_outputs],
             correct: vec![0; num_outputs],
             mistakes: HashMap::new(),
+            allow_non_finite: false,
         }
+    }
+
+    /// Counts non-finite logits (the loss becomes NaN) instead of refusing them.
+    pub fn allow_non_finite(mut self) -> Accumulator {
+        self.allow_non_finite = true;
+        self
     }
 
     /// Adds one batch of logits `[b, classes]` and labels `[b]`. Non-finite logits (a model
@@ -164,7 +174,7 @@ impl Accumulator {
             anyhow::bail!("label {y} is not an output of the model ({n} classes)");
         }
         let labels = labels.to_device(logits.device());
-        if !bool::try_from(logits.f_isfinite()?.f_all()?)? {
+        if !self.allow_non_finite && !bool::try_from(logits.f_isfinite()?.f_all()?)? {
             anyhow::bail!("the model's outputs are not finite (NaN or infinite logits)");
         }
         let loss = logits
@@ -260,7 +270,9 @@ pub struct Evaluation {
 
 /// Runs `model` in eval mode over every batch of `loader`, under autocast at `precision`:
 /// the one validation path of training and of `hondo eval`. `classes` name (possibly only
-/// some of) the model's `num_outputs` outputs.
+/// some of) the model's `num_outputs` outputs. With `finite_only`, non-finite logits are an
+/// error (`hondo eval`); without, they count and make the loss NaN (training's validation,
+/// whose non-finite policy is `train.on_nonfinite`).
 pub fn evaluate(
     model: &dyn ModuleT,
     loader: &Loader,
@@ -268,8 +280,12 @@ pub fn evaluate(
     precision: Precision,
     classes: &[String],
     num_outputs: usize,
+    finite_only: bool,
 ) -> anyhow::Result<Evaluation> {
     let mut acc = Accumulator::new(classes, num_outputs);
+    if !finite_only {
+        acc = acc.allow_non_finite();
+    }
     let mut skipped = Vec::new();
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in loader.epoch(0, 0) {
@@ -352,6 +368,7 @@ pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
         Precision::Fp32,
         &meta.classes,
         meta.num_classes as usize,
+        true,
     )?;
     Ok(e.report)
 }

@@ -168,6 +168,7 @@ fn validate(s: &mut Session, ema: bool) -> anyhow::Result<Evaluation> {
         s.cfg.train.precision,
         &s.classes,
         s.num_classes as usize,
+        false,
     )?;
     if !ema {
         for w in &e.skipped {
