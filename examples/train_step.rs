@@ -76,7 +76,9 @@ fn parse() -> Result<Args, String> {
             "--classes" => a.classes = num()?,
             "--lr" => a.lr = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?),
             "--device" => {
-                a.device = hondo::device::DeviceSpec::parse(&value).and_then(|d| d.resolve())?
+                a.device = hondo::device::DeviceSpec::parse(&value)
+                    .and_then(|d| d.resolve())
+                    .map_err(|e| e.to_string())?
             }
             "--precision" => {
                 a.precision = match value.as_str() {

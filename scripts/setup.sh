@@ -28,6 +28,22 @@ if [ ! -f "$cache/.complete" ]; then
     mv "$tmp" "$cache"
 fi
 
+# The readers the tests check hondo's files with: TensorBoard's EventAccumulator, and onnx's
+# checker with onnxruntime. Pinned, without their dependencies (torch's numpy, sympy and
+# typing_extensions serve them), into the same cache under a marker of their own so that
+# an existing cache gains them.
+EXTRAS="tensorboard==2.21.0 protobuf==7.36.2 absl-py==2.5.1 packaging==26.4 six==1.17.0
+markdown==3.11.3 werkzeug==3.1.9 onnx==1.23.2 onnxruntime==1.32.0 ml_dtypes==0.7.0
+flatbuffers==25.12.19"
+extras_marker="$cache/.extras-$(echo "$EXTRAS" | cksum | cut -d' ' -f1)"
+if [ ! -f "$extras_marker" ]; then
+    echo "setup: installing test readers (tensorboard, onnx, onnxruntime) into $cache" >&2
+    # shellcheck disable=SC2086 # one word per package
+    "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+        --no-deps --target "$cache" $EXTRAS >&2
+    touch "$extras_marker"
+fi
+
 # Links the build and the tests use (both ignored by git).
 ln -sfn "$cache/torch" "$root/.libtorch"
 ln -sfn "$cache" "$root/.pydeps"

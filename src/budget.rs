@@ -181,6 +181,39 @@ pub fn check(cfg: &Config, on_cuda: bool, force: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses an inference pass (`hondo eval`, `hondo predict`) of `batch` images through the
+/// model of a checkpoint's `cfg` (at its `image_size`, `num_classes` outputs) that would not
+/// fit: one copy of the parameters, the training estimate's activations over four (no
+/// gradients and nothing kept for a backward pass) and the loader queues.
+pub(crate) fn check_inference(
+    cfg: &Config,
+    image_size: u32,
+    num_classes: usize,
+    batch: usize,
+    on_cuda: bool,
+) -> anyhow::Result<()> {
+    let Some(available) = available_bytes() else {
+        return Ok(());
+    };
+    let mut cfg = cfg.clone();
+    cfg.train.batch_size = batch;
+    cfg.data.image_size = image_size;
+    cfg.model.num_classes = Some(num_classes);
+    let mut e = estimate(&cfg, on_cuda);
+    e.parameters = parameter_count(&cfg, num_classes) * 4.0;
+    e.activations /= 4.0;
+    let need = e.host_bytes();
+    if need <= available {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--batch-size {batch} at image_size {image_size} needs about {:.1} GiB of memory but \
+         the machine has {:.1} GiB available: lower --batch-size",
+        need / GIB,
+        available / GIB
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

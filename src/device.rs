@@ -1,6 +1,7 @@
 //! Device selection (`auto`, `cpu`, `cuda`, `cuda:N`) and libtorch's CUDA backend, which
 //! is loaded only when a CUDA device may be used.
 
+use crate::Error;
 use std::sync::OnceLock;
 use tch::{Cuda, Device};
 
@@ -90,7 +91,7 @@ pub(crate) fn loaded_libtorch_dir() -> Option<std::path::PathBuf> {
         .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()))
 }
 
-/// A device as written in configs and on the command line.
+/// A device as written in configs and on the command line (`auto`, `cpu`, `cuda`, `cuda:N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// CUDA device 0 when present, else the CPU.
@@ -102,9 +103,16 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> crate::Result<DeviceSpec> {
+        DeviceSpec::parse(s)
+    }
+}
+
 impl DeviceSpec {
     /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub fn parse(s: &str) -> Result<DeviceSpec, String> {
+    pub fn parse(s: &str) -> crate::Result<DeviceSpec> {
         match s {
             "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
@@ -113,12 +121,20 @@ impl DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}`: use auto, cpu, cuda or cuda:N")),
+                .ok_or_else(|| {
+                    Error::Device(format!(
+                        "unknown device `{s}`: use auto, cpu, cuda or cuda:N"
+                    ))
+                }),
         }
     }
 
-    /// The libtorch device, or an error when CUDA is asked for and not there.
-    pub fn resolve(self) -> Result<Device, String> {
+    /// The libtorch device, or [`Error::Device`] when CUDA is asked for and not there.
+    pub fn resolve(self) -> crate::Result<Device> {
+        self.resolve_inner().map_err(Error::Device)
+    }
+
+    fn resolve_inner(self) -> Result<Device, String> {
         match self {
             DeviceSpec::Auto => Ok(if cuda_available() {
                 Device::Cuda(0)
@@ -178,10 +194,10 @@ mod tests {
 
     #[test]
     fn parses_device_names() {
-        assert_eq!(DeviceSpec::parse("auto"), Ok(DeviceSpec::Auto));
-        assert_eq!(DeviceSpec::parse("cuda"), Ok(DeviceSpec::Cuda(0)));
-        assert_eq!(DeviceSpec::parse("cuda:3"), Ok(DeviceSpec::Cuda(3)));
-        assert!(DeviceSpec::parse("gpu").is_err());
+        assert_eq!(DeviceSpec::parse("auto").unwrap(), DeviceSpec::Auto);
+        assert_eq!(DeviceSpec::parse("cuda").unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert!(matches!(DeviceSpec::parse("gpu"), Err(Error::Device(m)) if m.contains("`gpu`")));
         assert!(DeviceSpec::parse("cuda:x").is_err());
     }
 
@@ -194,13 +210,16 @@ mod tests {
             assert_eq!(*cuda_backend(), CudaBackend::NoDriver);
             assert!(!Cuda::is_available());
             let err = DeviceSpec::Cuda(0).resolve().unwrap_err();
-            assert!(err.contains("no CUDA driver"), "{err}");
-            assert_eq!(DeviceSpec::Auto.resolve(), Ok(Device::Cpu));
+            assert!(
+                matches!(&err, Error::Device(m) if m.contains("no CUDA driver")),
+                "{err}"
+            );
+            assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
         }
     }
 
     #[test]
     fn cpu_always_resolves() {
-        assert_eq!(DeviceSpec::Cpu.resolve(), Ok(Device::Cpu));
+        assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), Device::Cpu);
     }
 }

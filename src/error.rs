@@ -98,6 +98,21 @@ impl Error {
     }
 }
 
+/// Runs internal code (which chains context with anyhow) and converts its error at the
+/// public boundary, keeping the typed cause.
+pub(crate) fn boundary<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T> {
+    f().map_err(Error::from)
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 // Internal code chains context with anyhow; public functions convert at the boundary.
 #[doc(hidden)]
 impl From<anyhow::Error> for Error {

@@ -167,23 +167,25 @@ impl Accumulator {
 
     /// Adds one batch of logits `[b, classes]` and labels `[b]`. Non-finite logits (a model
     /// whose weights overflow) are an error, not a NaN accuracy.
-    pub fn add(&mut self, logits: &Tensor, labels: &Tensor) -> anyhow::Result<()> {
-        let cpu_labels = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu))?;
-        let n = self.classes.len() as i64;
-        if let Some(y) = cpu_labels.iter().find(|&&y| !(0..n).contains(&y)) {
-            anyhow::bail!("label {y} is not an output of the model ({n} classes)");
-        }
-        let labels = labels.to_device(logits.device());
-        if !self.allow_non_finite && !bool::try_from(logits.f_isfinite()?.f_all()?)? {
-            anyhow::bail!("the model's outputs are not finite (NaN or infinite logits)");
-        }
-        let loss = logits
-            .f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?
-            .double_value(&[]);
-        let (_, top) = logits.f_topk(self.k as i64, -1, true, true)?;
-        let top = Vec::<i64>::try_from(top.to_device(tch::Device::Cpu).flatten(0, -1))?;
-        self.add_ranked(&top, &cpu_labels, loss);
-        Ok(())
+    pub fn add(&mut self, logits: &Tensor, labels: &Tensor) -> crate::Result<()> {
+        crate::error::boundary(|| {
+            let cpu_labels = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu))?;
+            let n = self.classes.len() as i64;
+            if let Some(y) = cpu_labels.iter().find(|&&y| !(0..n).contains(&y)) {
+                anyhow::bail!("label {y} is not an output of the model ({n} classes)");
+            }
+            let labels = labels.to_device(logits.device());
+            if !self.allow_non_finite && !bool::try_from(logits.f_isfinite()?.f_all()?)? {
+                anyhow::bail!("the model's outputs are not finite (NaN or infinite logits)");
+            }
+            let loss = logits
+                .f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?
+                .double_value(&[]);
+            let (_, top) = logits.f_topk(self.k as i64, -1, true, true)?;
+            let top = Vec::<i64>::try_from(top.to_device(tch::Device::Cpu).flatten(0, -1))?;
+            self.add_ranked(&top, &cpu_labels, loss);
+            Ok(())
+        })
     }
 
     /// Adds ranked predictions (`k` class indices per image, best first, row-major) for
@@ -281,34 +283,36 @@ pub fn evaluate(
     classes: &[String],
     num_outputs: usize,
     finite_only: bool,
-) -> anyhow::Result<Evaluation> {
-    let mut acc = Accumulator::new(classes, num_outputs);
-    if !finite_only {
-        acc = acc.allow_non_finite();
-    }
-    let mut skipped = Vec::new();
-    tch::no_grad(|| -> anyhow::Result<()> {
-        for batch in loader.epoch(0, 0) {
-            let batch = batch.map_err(crate::data::loader::LoadError::in_training)?;
-            skipped.extend(batch.skipped.iter().map(|e| e.to_string()));
-            if batch.labels.size()[0] == 0 {
-                continue;
-            }
-            let x = normalize.apply(&batch.images);
-            let logits = {
-                let _autocast = crate::ops::autocast(precision, x.device())?;
-                model.forward_t(&x, false)
-            };
-            acc.add(&logits.to_kind(Kind::Float), &batch.labels)?;
+) -> crate::Result<Evaluation> {
+    crate::error::boundary(|| {
+        let mut acc = Accumulator::new(classes, num_outputs);
+        if !finite_only {
+            acc = acc.allow_non_finite();
         }
-        Ok(())
-    })?;
-    if acc.images == 0 {
-        anyhow::bail!("the evaluation set is empty");
-    }
-    Ok(Evaluation {
-        report: acc.report(),
-        skipped,
+        let mut skipped = Vec::new();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for batch in loader.epoch(0, 0) {
+                let batch = batch.map_err(crate::data::loader::LoadError::in_training)?;
+                skipped.extend(batch.skipped.iter().map(|e| e.to_string()));
+                if batch.labels.size()[0] == 0 {
+                    continue;
+                }
+                let x = normalize.apply(&batch.images);
+                let logits = {
+                    let _autocast = crate::ops::autocast(precision, x.device())?;
+                    model.forward_t(&x, false)
+                };
+                acc.add(&logits.to_kind(Kind::Float), &batch.labels)?;
+            }
+            Ok(())
+        })?;
+        if acc.images == 0 {
+            anyhow::bail!("the evaluation set is empty");
+        }
+        Ok(Evaluation {
+            report: acc.report(),
+            skipped,
+        })
     })
 }
 
@@ -325,52 +329,61 @@ pub struct EvalOptions {
 }
 
 /// Evaluates a restored checkpoint as `opts` says.
-pub fn run(restored: &Restored, opts: &EvalOptions) -> anyhow::Result<Report> {
-    predict::check_finite(&restored.vs)?;
-    let meta = &restored.meta;
-    let dataset: Arc<dyn Dataset> = match &opts.data {
-        Some(dir) => Arc::new(labelled_folder(
-            dir,
-            &meta.classes,
-            Transform::center(meta.image_size, meta.crop_fraction),
-            restored.config.data.max_image_side,
-        )?),
-        None => {
-            let val = data::build(&restored.config.data)?.val;
-            if val.classes() != meta.classes.as_slice() {
-                anyhow::bail!(
-                    "the checkpoint's validation set has classes {:?}, the checkpoint {:?}",
-                    val.classes(),
-                    meta.classes
-                );
+pub fn run(restored: &Restored, opts: &EvalOptions) -> crate::Result<Report> {
+    crate::error::boundary(|| {
+        predict::check_finite(&restored.vs)?;
+        let meta = &restored.meta;
+        crate::budget::check_inference(
+            &restored.config,
+            meta.image_size,
+            meta.num_classes as usize,
+            opts.batch_size.max(1),
+            restored.vs.device().is_cuda(),
+        )?;
+        let dataset: Arc<dyn Dataset> = match &opts.data {
+            Some(dir) => Arc::new(labelled_folder(
+                dir,
+                &meta.classes,
+                Transform::center(meta.image_size, meta.crop_fraction),
+                restored.config.data.max_image_side,
+            )?),
+            None => {
+                let val = data::build(&restored.config.data)?.val;
+                if val.classes() != meta.classes.as_slice() {
+                    anyhow::bail!(
+                        "the checkpoint's validation set has classes {:?}, the checkpoint {:?}",
+                        val.classes(),
+                        meta.classes
+                    );
+                }
+                val
             }
-            val
-        }
-    };
-    let loader = Loader::new(
-        dataset,
-        LoaderOptions {
-            batch_size: opts.batch_size.max(1),
-            shuffle: false,
-            drop_last: false,
-            seed: 0,
-            workers: opts.workers,
-            prefetch: 2,
-            fail_on_error: true,
-            pin_memory: false,
-        },
-    )?;
-    let normalize = Normalize::new(meta.mean, meta.std, restored.vs.device(), false);
-    let e = evaluate(
-        restored.model.as_ref(),
-        &loader,
-        &normalize,
-        Precision::Fp32,
-        &meta.classes,
-        meta.num_classes as usize,
-        true,
-    )?;
-    Ok(e.report)
+        };
+        let loader = Loader::new(
+            dataset,
+            LoaderOptions {
+                batch_size: opts.batch_size.max(1),
+                shuffle: false,
+                drop_last: false,
+                seed: 0,
+                workers: opts.workers,
+                prefetch: 2,
+                fail_on_error: true,
+                pin_memory: false,
+            },
+        )?;
+        let normalize = Normalize::new(meta.mean, meta.std, restored.vs.device(), false);
+        let e = evaluate(
+            restored.model.as_ref(),
+            &loader,
+            &normalize,
+            Precision::Fp32,
+            &meta.classes,
+            meta.num_classes as usize,
+            true,
+        )?;
+        Ok(e.report)
+    })
 }
 
 /// Labelled images in `DIR/<class>/...`, scanned as an image folder's validation split is,
@@ -381,9 +394,11 @@ pub fn labelled_folder(
     classes: &[String],
     transform: Transform,
     max_side: u32,
-) -> anyhow::Result<ImageFolder> {
-    let listing = image_folder::scan(dir, Some(classes)).map_err(|e| {
-        match e.downcast_ref::<UnknownClass>() {
+) -> crate::Result<ImageFolder> {
+    crate::error::boundary(|| {
+        let listing = image_folder::scan_dir(dir, Some(classes)).map_err(|e| match e
+            .downcast_ref::<UnknownClass>()
+        {
             Some(u) => anyhow::anyhow!(
                 "{}: class `{}` is not one of the checkpoint's classes ({})",
                 u.dir.display(),
@@ -391,9 +406,9 @@ pub fn labelled_folder(
                 u.classes.join(", ")
             ),
             None => e,
-        }
-    })?;
-    Ok(ImageFolder::new(listing, transform, max_side))
+        })?;
+        Ok(ImageFolder::new(listing, transform, max_side))
+    })
 }
 
 fn pct(v: Option<f64>) -> String {

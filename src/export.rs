@@ -88,21 +88,37 @@ pub struct Exported {
     pub tensors: usize,
 }
 
-/// The metadata an export carries: string keys and values (JSON for lists).
+/// The preprocessing and provenance every export carries, as JSON values: the one list
+/// behind the safetensors metadata ([`metadata`]) and the sidecar file.
+fn fields(meta: &Meta) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("hondo_version", env!("CARGO_PKG_VERSION").into()),
+        ("arch", meta.arch.clone().into()),
+        ("num_classes", meta.num_classes.into()),
+        ("classes", meta.classes.clone().into()),
+        ("image_size", meta.image_size.into()),
+        ("crop_fraction", meta.crop_fraction.into()),
+        ("mean", meta.mean.to_vec().into()),
+        ("std", meta.std.to_vec().into()),
+    ]
+}
+
+/// The metadata an export carries: string keys and values (strings as they are, numbers
+/// and lists as JSON), plus safetensors' `format = pt` and `hondo.exported = model`.
 pub fn metadata(meta: &Meta) -> HashMap<String, String> {
-    let json = |v: serde_json::Value| v.to_string();
-    HashMap::from([
-        ("format".into(), "pt".into()),
-        ("hondo.exported".into(), "model".into()),
-        ("hondo_version".into(), env!("CARGO_PKG_VERSION").into()),
-        ("arch".into(), meta.arch.clone()),
-        ("num_classes".into(), meta.num_classes.to_string()),
-        ("classes".into(), json(meta.classes.clone().into())),
-        ("image_size".into(), meta.image_size.to_string()),
-        ("crop_fraction".into(), meta.crop_fraction.to_string()),
-        ("mean".into(), json(meta.mean.to_vec().into())),
-        ("std".into(), json(meta.std.to_vec().into())),
-    ])
+    let mut m: HashMap<String, String> = fields(meta)
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                v => v.to_string(),
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    m.insert("format".into(), "pt".into());
+    m.insert("hondo.exported".into(), "model".into());
+    m
 }
 
 /// Exports the checkpoint of a hondo model at `checkpoint` to `out` as `format` (`input`
@@ -193,16 +209,21 @@ fn commit(staged: atomic::Staged, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Traces a restored model in eval mode (see [`traced_bytes`]) and loads the result.
-pub fn trace(restored: checkpoint::Restored, input: Input) -> anyhow::Result<tch::CModule> {
-    let bytes = traced_bytes(restored, input)?;
-    Ok(tch::CModule::load_data(&mut std::io::Cursor::new(bytes))?)
+pub fn trace(restored: checkpoint::Restored, input: Input) -> crate::Result<tch::CModule> {
+    crate::error::boundary(|| {
+        let bytes = traced_bytes(restored, input)?;
+        Ok(tch::CModule::load_data(&mut std::io::Cursor::new(bytes))?)
+    })
 }
 
 /// Traces a restored model in eval mode and serialises it as `torch.jit.save` does, in
 /// memory. The VarStore is frozen first (tracing rejects tensors that require grad) and
 /// stays frozen: it is consumed here, and a module saved after unfreezing would not load
 /// (see TCH-NOTES, Export).
-pub fn traced_bytes(mut restored: checkpoint::Restored, input: Input) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn traced_bytes(
+    mut restored: checkpoint::Restored,
+    input: Input,
+) -> anyhow::Result<Vec<u8>> {
     restored.vs.freeze();
     let meta = &restored.meta;
     let size = meta.image_size as i64;
@@ -227,7 +248,7 @@ pub fn traced_bytes(mut restored: checkpoint::Restored, input: Input) -> anyhow:
 }
 
 /// libtorch's tensor archive of `tensors` (what `Tensor::save_multi` writes), in memory.
-pub fn ot_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn ot_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<u8>> {
     let sink = raw::SharedSink::default();
     Tensor::save_multi_to_stream(tensors, sink.clone())?;
     sink.take()
@@ -403,18 +424,12 @@ fn sidecar_path(out: &Path) -> PathBuf {
 }
 
 fn sidecar_text(meta: &Meta, input: Option<Input>) -> anyhow::Result<String> {
-    let mut v = serde_json::json!({
-        "hondo_version": env!("CARGO_PKG_VERSION"),
-        "arch": meta.arch,
-        "num_classes": meta.num_classes,
-        "classes": meta.classes,
-        "image_size": meta.image_size,
-        "crop_fraction": meta.crop_fraction,
-        "mean": meta.mean,
-        "std": meta.std,
-    });
+    let mut v: serde_json::Map<String, serde_json::Value> = fields(meta)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     if let Some(i) = input {
-        v["input"] = i.describe().into();
+        v.insert("input".into(), i.describe().into());
     }
     Ok(serde_json::to_string_pretty(&v)? + "\n")
 }

@@ -33,7 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod allocator;
-pub mod budget;
+pub(crate) mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -41,6 +41,7 @@ pub mod device;
 mod error;
 pub mod evaluate;
 pub mod export;
+pub(crate) mod file;
 pub mod info;
 pub mod metrics;
 pub mod models;
@@ -54,4 +55,8 @@ pub mod tensor_io;
 pub mod train;
 pub mod weights;
 
+pub use config::Config;
 pub use error::{Error, Result};
+pub use models::ModelSpec;
+pub use observe::Observer;
+pub use train::{Outcome, Summary, Trainer};

@@ -120,19 +120,28 @@ pub fn append(path: &Path, m: &EpochMetrics) -> std::io::Result<()> {
     )
 }
 
+/// Largest `metrics.jsonl` read (256 MiB: millions of epochs).
+const MAX_METRICS_BYTES: u64 = 256 << 20;
+
 /// Reads every line of a `metrics.jsonl`; later lines for an epoch replace earlier ones
-/// (a resumed run re-logs the epoch it was interrupted in).
-pub fn read(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+/// (a resumed run re-logs the epoch it was interrupted in). Errors are
+/// [`Error::Data`](crate::Error::Data) naming the file (and the line).
+pub fn read(path: &Path) -> crate::Result<Vec<EpochMetrics>> {
+    let fail = |reason: String| crate::Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = crate::file::read_regular(path, MAX_METRICS_BYTES)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
     let mut out: Vec<EpochMetrics> = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let m: EpochMetrics = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        let m: EpochMetrics =
+            serde_json::from_str(line).map_err(|e| fail(format!("line {}: {e}", i + 1)))?;
         out.retain(|o| o.epoch != m.epoch);
         out.push(m);
     }

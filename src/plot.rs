@@ -55,18 +55,19 @@ pub struct Curves {
 
 /// Draws `metrics.jsonl` of `run_dir` as `run_dir/training-curves.png`: train and validation
 /// loss, train and validation accuracy, and the learning rate, per epoch. Returns the path.
-pub fn training_curves(run_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn training_curves(run_dir: &Path) -> crate::Result<PathBuf> {
     curves(run_dir).map(|c| c.path)
 }
 
 /// [`training_curves`], with notes on the values that were left out.
-pub fn curves(run_dir: &Path) -> anyhow::Result<Curves> {
-    let epochs = metrics::read(&run_dir.join(metrics::METRICS_FILE))?;
+pub fn curves(run_dir: &Path) -> crate::Result<Curves> {
+    let file = run_dir.join(metrics::METRICS_FILE);
+    let epochs = metrics::read(&file)?;
     if epochs.is_empty() {
-        anyhow::bail!(
-            "{}: no finished epoch to plot",
-            run_dir.join(metrics::METRICS_FILE).display()
-        );
+        return Err(crate::Error::Data {
+            path: file,
+            reason: "no finished epoch to plot".into(),
+        });
     }
     let out = run_dir.join(TRAINING_CURVES);
     let notes = draw_noted(&epochs, &out)?;
@@ -74,8 +75,9 @@ pub fn curves(run_dir: &Path) -> anyhow::Result<Curves> {
 }
 
 /// Draws training curves of `epochs` into the PNG file `out`.
-pub fn draw_training_curves(epochs: &[EpochMetrics], out: &Path) -> anyhow::Result<()> {
-    draw_noted(epochs, out).map(|_| ())
+pub fn draw_training_curves(epochs: &[EpochMetrics], out: &Path) -> crate::Result<()> {
+    draw_noted(epochs, out)?;
+    Ok(())
 }
 
 fn draw_noted(epochs: &[EpochMetrics], out: &Path) -> anyhow::Result<Vec<String>> {
@@ -265,7 +267,11 @@ fn short_number(v: f64) -> String {
 /// row-normalised rate and labelled with counts) into the PNG file `out`: at most
 /// [`SHOWN_CLASSES`](crate::evaluate::SHOWN_CLASSES) classes, those with the most mistakes
 /// when the model has more (the title says so), so the picture's size is bounded.
-pub fn confusion_matrix(report: &Report, out: &Path) -> anyhow::Result<()> {
+pub fn confusion_matrix(report: &Report, out: &Path) -> crate::Result<()> {
+    Ok(confusion_png(report, out)?)
+}
+
+fn confusion_png(report: &Report, out: &Path) -> anyhow::Result<()> {
     let shown = report.shown_classes();
     let names: Vec<String> = shown
         .iter()

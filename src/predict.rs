@@ -4,11 +4,11 @@
 
 use crate::checkpoint::Restored;
 use crate::data::decode::decode_bytes;
-use crate::data::file::{self, read_regular, MAX_IMAGE_BYTES};
 use crate::data::image_folder::{has_image_extension, EXTENSIONS};
 use crate::data::normalize::Normalize;
 use crate::data::transforms::{RgbRef, Transform};
 use crate::data::{seed, SampleError};
+use crate::file::{self, read_regular, MAX_IMAGE_BYTES};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -37,47 +37,49 @@ pub fn load_eval_image(
 /// Only regular files are read (links are followed): naming anything else (a FIFO, a
 /// device) is an error naming it, and such an entry of a directory is skipped with a
 /// warning. Files are checked against [`MAX_IMAGE_BYTES`] here, before any model runs.
-pub fn image_files(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for input in inputs {
-        let meta = std::fs::metadata(input)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.display()))?;
-        if !meta.is_dir() {
-            file::check(&meta, MAX_IMAGE_BYTES)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-            out.push(input.clone());
-            continue;
-        }
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(input)
-            .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
-        {
-            let path = entry
-                .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
-                .path();
-            if !has_image_extension(&path) {
+pub fn image_files(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
+    crate::error::boundary(|| {
+        let mut out = Vec::new();
+        for input in inputs {
+            let meta = std::fs::metadata(input)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.display()))?;
+            if !meta.is_dir() {
+                file::check(&meta, MAX_IMAGE_BYTES)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                out.push(input.clone());
                 continue;
             }
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) => match file::check(&m, MAX_IMAGE_BYTES) {
-                    Ok(()) => files.push(path),
-                    Err(e) => eprintln!("warning: skipped {}: {e}", path.display()),
-                },
-                Err(e) => eprintln!("warning: skipped {}: cannot read: {e}", path.display()),
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(input)
+                .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
+            {
+                let path = entry
+                    .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", input.display()))?
+                    .path();
+                if !has_image_extension(&path) {
+                    continue;
+                }
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(m) => match file::check(&m, MAX_IMAGE_BYTES) {
+                        Ok(()) => files.push(path),
+                        Err(e) => eprintln!("warning: skipped {}: {e}", path.display()),
+                    },
+                    Err(e) => eprintln!("warning: skipped {}: cannot read: {e}", path.display()),
+                }
             }
+            if files.is_empty() {
+                anyhow::bail!(
+                    "{} holds no image files ({})",
+                    input.display(),
+                    EXTENSIONS.join(", ")
+                );
+            }
+            files.sort();
+            out.extend(files);
         }
-        if files.is_empty() {
-            anyhow::bail!(
-                "{} holds no image files ({})",
-                input.display(),
-                EXTENSIONS.join(", ")
-            );
-        }
-        files.sort();
-        out.extend(files);
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// A class and its probability.
@@ -111,57 +113,61 @@ pub fn classify(
     restored: &Restored,
     images: &Tensor,
     k: usize,
-) -> anyhow::Result<Vec<Vec<ClassProb>>> {
-    let meta = &restored.meta;
-    let device = restored.vs.device();
-    let normalize = Normalize::new(meta.mean, meta.std, device, false);
-    let k = k.clamp(1, meta.num_classes.max(1) as usize);
-    let b = images.size().first().copied().unwrap_or(0) as usize;
-    let probs = tch::no_grad(|| {
-        restored
-            .model
-            .forward_t(&normalize.apply(images), false)
-            .softmax(-1, Kind::Float)
-    });
-    if !bool::try_from(probs.f_isfinite()?.f_all()?)? {
-        anyhow::bail!("the model's outputs are not finite (NaN or infinite probabilities)");
-    }
-    let (p, i) = probs.topk(k as i64, -1, true, true);
-    let p = Vec::<f32>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
-    let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).flatten(0, -1))?;
-    Ok((0..b)
-        .map(|n| {
-            (0..k)
-                .map(|j| ClassProb {
-                    class: class_name(&meta.classes, i[n * k + j] as usize),
-                    probability: p[n * k + j] as f64,
-                })
-                .collect()
-        })
-        .collect())
+) -> crate::Result<Vec<Vec<ClassProb>>> {
+    crate::error::boundary(|| {
+        let meta = &restored.meta;
+        let device = restored.vs.device();
+        let normalize = Normalize::new(meta.mean, meta.std, device, false);
+        let k = k.clamp(1, meta.num_classes.max(1) as usize);
+        let b = images.size().first().copied().unwrap_or(0) as usize;
+        let probs = tch::no_grad(|| {
+            restored
+                .model
+                .forward_t(&normalize.apply(images), false)
+                .softmax(-1, Kind::Float)
+        });
+        if !bool::try_from(probs.f_isfinite()?.f_all()?)? {
+            anyhow::bail!("the model's outputs are not finite (NaN or infinite probabilities)");
+        }
+        let (p, i) = probs.topk(k as i64, -1, true, true);
+        let p = Vec::<f32>::try_from(p.to_device(tch::Device::Cpu).flatten(0, -1))?;
+        let i = Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).flatten(0, -1))?;
+        Ok((0..b)
+            .map(|n| {
+                (0..k)
+                    .map(|j| ClassProb {
+                        class: class_name(&meta.classes, i[n * k + j] as usize),
+                        probability: p[n * k + j] as f64,
+                    })
+                    .collect()
+            })
+            .collect())
+    })
 }
 
 /// Refuses a model whose tensors hold NaN or infinite values (a run that diverged), which
 /// would otherwise classify everything with probability NaN: the error names the first such
 /// tensor (by name) and how many of its values are bad.
-pub fn check_finite(vs: &tch::nn::VarStore) -> anyhow::Result<()> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, t) in vars {
-        if !t.is_floating_point() {
-            continue;
-        }
-        let bad = t.f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64)?;
-        let bad = i64::try_from(bad)?;
-        if bad > 0 {
-            anyhow::bail!(
-                "tensor `{name}` holds {bad} NaN or infinite value(s) of {}: the weights are \
+pub fn check_finite(vs: &tch::nn::VarStore) -> crate::Result<()> {
+    crate::error::boundary(|| {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in vars {
+            if !t.is_floating_point() {
+                continue;
+            }
+            let bad = t.f_isfinite()?.f_logical_not()?.f_sum(Kind::Int64)?;
+            let bad = i64::try_from(bad)?;
+            if bad > 0 {
+                anyhow::bail!(
+                    "tensor `{name}` holds {bad} NaN or infinite value(s) of {}: the weights are \
                  unusable (a run that diverged?)",
-                t.numel()
-            );
+                    t.numel()
+                );
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Classifies `files` with a restored checkpoint, `batch_size` images at a time (decoded in
@@ -172,28 +178,37 @@ pub fn predict(
     k: usize,
     batch_size: usize,
     max_side: u32,
-) -> anyhow::Result<Vec<Prediction>> {
-    check_finite(&restored.vs)?;
-    let meta = &restored.meta;
-    let transform = Transform::center(meta.image_size, meta.crop_fraction);
-    let size = meta.image_size as i64;
-    let mut out = Vec::with_capacity(files.len());
-    for chunk in files.chunks(batch_size.max(1)) {
-        let images = chunk
-            .par_iter()
-            .map(|f| load_eval_image(f, &transform, max_side))
-            .collect::<Result<Vec<_>, _>>()?;
-        let pixels = images.concat();
-        let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, size, size, 3]);
-        let ranked = classify(restored, &x, k)?;
-        for (file, top) in chunk.iter().zip(ranked) {
-            out.push(Prediction {
-                file: file.clone(),
-                top,
-            });
+) -> crate::Result<Vec<Prediction>> {
+    crate::error::boundary(|| {
+        check_finite(&restored.vs)?;
+        let meta = &restored.meta;
+        crate::budget::check_inference(
+            &restored.config,
+            meta.image_size,
+            meta.num_classes as usize,
+            batch_size.max(1),
+            restored.vs.device().is_cuda(),
+        )?;
+        let transform = Transform::center(meta.image_size, meta.crop_fraction);
+        let size = meta.image_size as i64;
+        let mut out = Vec::with_capacity(files.len());
+        for chunk in files.chunks(batch_size.max(1)) {
+            let images = chunk
+                .par_iter()
+                .map(|f| load_eval_image(f, &transform, max_side))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pixels = images.concat();
+            let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, size, size, 3]);
+            let ranked = classify(restored, &x, k)?;
+            for (file, top) in chunk.iter().zip(ranked) {
+                out.push(Prediction {
+                    file: file.clone(),
+                    top,
+                });
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// Predictions as a text table: one line per image and class.

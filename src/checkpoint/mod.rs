@@ -10,8 +10,8 @@
 //!
 //! One file per checkpoint keeps the write atomic (see [`atomic`]).
 
-pub mod atomic;
-pub mod policy;
+pub(crate) mod atomic;
+pub(crate) mod policy;
 
 use crate::config::Arch;
 use crate::tensor_io;
@@ -26,8 +26,11 @@ pub const FORMAT: &str = "hondo-checkpoint";
 /// 2: `ema/` tensors and `optimizer/scaler.*` entries (a version-1 reader would take
 /// `ema/` tensors for model weights); version-1 files read unchanged.
 pub const VERSION: u32 = 2;
-const OPTIMIZER_PREFIX: &str = "optimizer/";
-const EMA_PREFIX: &str = "ema/";
+/// Prefix of optimizer state in a checkpoint (`optimizer/<param>.<field>`, and
+/// `optimizer/scaler.*`): not model weights.
+pub(crate) const OPTIMIZER_PREFIX: &str = "optimizer/";
+/// Prefix of the moving average of the weights in a checkpoint (`ema/<name>`).
+pub(crate) const EMA_PREFIX: &str = "ema/";
 
 /// What a checkpoint says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,7 +262,8 @@ pub fn to_bytes_with_ema(
 
 /// Reads a whole checkpoint, checking its metadata against sane ranges and its tensors.
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io(path.into(), e))?;
+    let bytes = crate::file::read_regular(path, crate::file::MAX_WEIGHTS_BYTES)
+        .map_err(|e| CheckpointError::Io(path.into(), crate::file::io_error(e)))?;
     from_bytes(path, &bytes)
 }
 
@@ -290,7 +294,8 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointErr
 /// Reads only the metadata (the safetensors header), not the tensors.
 pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
     let io = |e| CheckpointError::Io(path.into(), e);
-    let mut f = std::fs::File::open(path).map_err(io)?;
+    let (mut f, _) = crate::file::open_regular(path, crate::file::MAX_WEIGHTS_BYTES)
+        .map_err(|e| io(crate::file::io_error(e)))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| CheckpointError::NotACheckpoint(path.into(), "file too short".into()))?;
@@ -463,26 +468,28 @@ fn restore_impl(
 
 /// Copies tensors into a VarStore's variables exactly: same names, same shapes, and every
 /// variable covered.
-pub fn copy_exact(vs: &tch::nn::VarStore, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-    let mut vars = vs.variables();
-    for (name, t) in tensors {
-        let Some(var) = vars.remove(name) else {
-            anyhow::bail!("the checkpoint has tensor `{name}`, which this model does not");
-        };
-        if var.size() != t.size() {
-            anyhow::bail!(
-                "tensor `{name}`: the checkpoint has shape {:?}, the model {:?}",
-                t.size(),
-                var.size()
-            );
+pub fn copy_exact(vs: &tch::nn::VarStore, tensors: &[(String, Tensor)]) -> crate::Result<()> {
+    crate::error::boundary(|| {
+        let mut vars = vs.variables();
+        for (name, t) in tensors {
+            let Some(var) = vars.remove(name) else {
+                anyhow::bail!("the checkpoint has tensor `{name}`, which this model does not");
+            };
+            if var.size() != t.size() {
+                anyhow::bail!(
+                    "tensor `{name}`: the checkpoint has shape {:?}, the model {:?}",
+                    t.size(),
+                    var.size()
+                );
+            }
+            tch::no_grad(|| var.shallow_clone().f_copy_(t))
+                .map_err(|e| anyhow::anyhow!("copying tensor `{name}`: {e}"))?;
         }
-        tch::no_grad(|| var.shallow_clone().f_copy_(t))
-            .map_err(|e| anyhow::anyhow!("copying tensor `{name}`: {e}"))?;
-    }
-    if let Some(name) = vars.keys().next() {
-        anyhow::bail!("the checkpoint lacks tensor `{name}`");
-    }
-    Ok(())
+        if let Some(name) = vars.keys().next() {
+            anyhow::bail!("the checkpoint lacks tensor `{name}`");
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

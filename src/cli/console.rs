@@ -1,6 +1,7 @@
 //! The terminal's view of a training run: an [`Observer`] that draws a live bar (loss,
 //! accuracy, LR, images/s, ETA) on a terminal, or plain log lines every `log_every` steps
-//! otherwise, and prints the epoch lines, messages and warnings.
+//! otherwise, and prints the epoch lines, messages and warnings. Colours only on a colour
+//! terminal, never under `NO_COLOR` (or `CLICOLOR=0`).
 
 use hondo::observe::{EpochEnd, EpochStart, Observer, ObserverResult, RunInfo, StepReport};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,7 +29,7 @@ impl Console {
             let bar = ProgressBar::new(batches as u64).with_position(done as u64);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                    "epoch {prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} eta {eta}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -84,11 +85,12 @@ impl Console {
 
     /// A warning, shown even when quiet.
     pub fn warn(&self, line: &str) {
+        let prefix = console::style("warning:").yellow().bold().for_stderr();
         match &self.bar {
             Some(bar) if !bar.is_finished() && !bar.is_hidden() => {
-                bar.suspend(|| eprintln!("warning: {line}"))
+                bar.suspend(|| eprintln!("{prefix} {line}"))
             }
-            _ => eprintln!("warning: {line}"),
+            _ => eprintln!("{prefix} {line}"),
         }
     }
 }

@@ -22,15 +22,15 @@ pub struct Args {
     /// checkpoint).
     #[arg(long, value_name = "FILE")]
     png: Option<PathBuf>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Images per batch (1 to 65536; refused when it would not fit in memory).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch_size: u64,
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Loader threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Loader threads (0: one per core; at most 256).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=256))]
+    workers: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -45,8 +45,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         &restored,
         &EvalOptions {
             data: a.data,
-            batch_size: a.batch_size,
-            workers: a.workers,
+            batch_size: a.batch_size as usize,
+            workers: a.workers as usize,
         },
     )?;
     let png = a.png.unwrap_or_else(|| {

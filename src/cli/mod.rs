@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each turning its arguments into one
 //! library call.
 
+mod completions;
 mod config;
 mod console;
 mod eval;
@@ -40,6 +41,8 @@ enum Command {
     Predict(predict::Args),
     /// Training curves of a run as a PNG.
     Plot(plot::Args),
+    /// Shell completions: `hondo completions bash > ~/.local/share/bash-completion/completions/hondo`.
+    Completions(completions::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -51,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Completions(a) => completions::run(a),
     }
 }

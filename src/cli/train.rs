@@ -5,7 +5,7 @@ use super::console::Console;
 use anyhow::Context;
 use hondo::config::{self, Override};
 use hondo::observe::{MetricsLog, TrainingCurves};
-use hondo::train::{signals::StopSignal, Outcome, Trainer};
+use hondo::train::{signals::StopSignal, Outcome, Summary, Trainer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,9 +37,36 @@ pub struct Args {
     /// Only warnings and the final summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Also print the summary as one JSON object on standard output (progress and messages
+    /// stay on standard error); a failed run prints `{"outcome": "error", ...}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let json = a.json;
+    let result = run_inner(a);
+    if let (true, Err(e)) = (json, &result) {
+        // The summary object of a run that could not start or failed (the run's own
+        // errors were printed by `run_inner`).
+        if !e.is::<Printed>() {
+            let v =
+                serde_json::json!({"outcome": "error", "exit_code": 1, "error": format!("{e:#}")});
+            println!("{v}");
+        }
+    }
+    result.map_err(|e| match e.downcast::<Printed>() {
+        Ok(Printed(e)) => e.into(),
+        Err(e) => e,
+    })
+}
+
+/// An error of the run itself whose JSON summary is already printed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Printed(hondo::Error);
+
+fn run_inner(a: Args) -> anyhow::Result<ExitCode> {
     let stop = StopSignal::install().context("installing signal handlers")?;
     let path = match (&a.config, &a.resume) {
         (Some(c), _) => c.clone(),
@@ -79,7 +106,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = a.resume {
         trainer = trainer.resume(dir);
     }
-    let summary = trainer.run()?;
+    let result = trainer.run();
+    if a.json {
+        println!("{}", json_summary(&result));
+    }
+    let summary = result.map_err(Printed)?;
 
     let best = summary
         .best
@@ -123,6 +154,43 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(match summary.outcome {
         Outcome::Interrupted(code) => ExitCode::from(code as u8),
         _ => ExitCode::SUCCESS,
+    })
+}
+
+/// The machine-readable summary of `--json`.
+fn json_summary(result: &hondo::Result<Summary>) -> serde_json::Value {
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            return serde_json::json!({
+                "outcome": "error",
+                "exit_code": e.exit_code(),
+                "error": e.to_string(),
+            })
+        }
+    };
+    let (outcome, exit_code) = match s.outcome {
+        Outcome::Finished => ("finished", 0),
+        Outcome::EarlyStopped => ("early_stopped", 0),
+        Outcome::Interrupted(code) => ("interrupted", code),
+    };
+    let file = |name: &str| {
+        let p = s.run_dir.join(name);
+        p.is_file().then(|| p.display().to_string())
+    };
+    serde_json::json!({
+        "outcome": outcome,
+        "exit_code": exit_code,
+        "run_dir": s.run_dir.display().to_string(),
+        "epochs_done": s.epochs_done,
+        "seconds": s.seconds,
+        "monitor": s.monitor,
+        "best": s.best.map(|(value, epoch)| serde_json::json!({"value": value, "epoch": epoch})),
+        "last": s.last,
+        "checkpoints": {
+            "last": file(hondo::checkpoint::LAST),
+            "best": file(hondo::checkpoint::BEST),
+        },
     })
 }
 

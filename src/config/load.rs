@@ -67,10 +67,13 @@ impl fmt::Display for KeyPrefix {
 
 /// Reads `path`, applies `overrides` in order and validates the result.
 pub fn load(path: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read_error = |reason: String| ConfigError::Read {
         path: path.display().to_string(),
-        source,
-    })?;
+        source: crate::file::io_error(reason),
+    };
+    let bytes =
+        crate::file::read_regular(path, crate::file::MAX_CONFIG_BYTES).map_err(read_error)?;
+    let text = String::from_utf8(bytes).map_err(|e| read_error(format!("not UTF-8 text: {e}")))?;
     load_str(&text, &path.display().to_string(), overrides)
 }
 

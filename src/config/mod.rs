@@ -641,6 +641,12 @@ pub struct CheckpointConfig {
     pub keep_top_k: usize,
     /// Also write `last` every N optimizer steps, 0 to 10^9 (0: only at epoch ends).
     pub every_steps: usize,
+    /// Write TensorBoard scalars (`events.out.tfevents.*` in the run directory): losses
+    /// and accuracies per epoch, learning rate and throughput every
+    /// `tensorboard_every_steps` steps. A resumed run appends to the same file.
+    pub tensorboard: bool,
+    /// Steps between TensorBoard's learning-rate and throughput scalars, 1 to 1000000.
+    pub tensorboard_every_steps: usize,
 }
 
 impl CheckpointConfig {
@@ -659,6 +665,8 @@ impl Default for CheckpointConfig {
             mode: None,
             keep_top_k: 0,
             every_steps: 0,
+            tensorboard: false,
+            tensorboard_every_steps: 10,
         }
     }
 }

@@ -244,6 +244,11 @@ pub fn problems(c: &Config) -> Vec<String> {
     }
     p.range("checkpoint.keep_top_k", k.keep_top_k, 0..=1000);
     p.range("checkpoint.every_steps", k.every_steps, 0..=1_000_000_000);
+    p.range(
+        "checkpoint.tensorboard_every_steps",
+        k.tensorboard_every_steps,
+        1..=1_000_000,
+    );
     p.check(!k.dir.is_empty(), "checkpoint.dir", "must not be empty");
     if let Some(name) = &k.name {
         p.check(
@@ -340,6 +345,7 @@ mod tests {
         refused("train.log_every=10000000000", "[0, 1000000]", "10000000000");
         refused("train.early_stop_patience=100000", "[0, 10000]", "100000");
         refused("checkpoint.keep_top_k=100000", "[0, 1000]", "100000");
+        refused("checkpoint.tensorboard_every_steps=0", "[1, 1000000]", "0");
         refused(
             "checkpoint.every_steps=10000000000",
             "[0, 1000000000]",

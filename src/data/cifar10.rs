@@ -5,11 +5,11 @@
 //! Only regular files are read, batches of at most 1 GiB and `batches.meta.txt` of at most
 //! 1 MiB (see [`super::file`]).
 
-use super::file::{read_regular, MAX_DATASET_BYTES, MAX_TEXT_BYTES};
 use super::in_memory::InMemory;
 use super::transforms::Transform;
 use super::Splits;
 use crate::config::DataConfig;
+use crate::file::{read_regular, MAX_DATASET_BYTES, MAX_TEXT_BYTES};
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub const CLASSES: [&str; 10] = [
 ];
 
 /// The train and test sets of `cfg.root`.
-pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
+pub(crate) fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
     let dir = find_dir(Path::new(&cfg.root))?;
     let classes = class_names(&dir)?;
     let set = |files: &[String], transform: Transform| -> anyhow::Result<InMemory> {

@@ -3,21 +3,41 @@
 //! allocated, EXIF orientation is applied, and grayscale or alpha images become RGB (alpha
 //! is dropped, as PIL's `convert("RGB")` does).
 
-use super::file::{read_regular, MAX_IMAGE_BYTES};
+use crate::file::{read_regular, MAX_IMAGE_BYTES};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
 
-/// Reads (only a regular file of at most [`MAX_IMAGE_BYTES`], see [`super::file`]) and
-/// decodes the image at `path`; the error says what is wrong with the file (the caller names
-/// it).
-pub fn decode_file(path: &Path, max_side: u32) -> Result<RgbImage, String> {
-    let bytes = read_regular(path, MAX_IMAGE_BYTES)?;
-    decode_bytes(&bytes, max_side)
+/// Why encoded bytes are not an image hondo can use (the caller names the file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct DecodeError {
+    /// What is wrong: not an image, an unsupported format, truncated, too large, ...
+    pub reason: String,
 }
 
-/// Decodes an encoded image (JPEG, PNG, WebP or BMP) held in memory.
-pub fn decode_bytes(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
+/// Reads (only a regular file of at most 64 MiB, never a FIFO or a device) and decodes the
+/// image at `path`; the error is [`Error::Data`](crate::Error::Data) naming the file.
+pub fn decode_file(path: &Path, max_side: u32) -> crate::Result<RgbImage> {
+    decode_path(path, max_side).map_err(|reason| crate::Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// [`decode_file`] with the bare reason, for callers that name the file themselves.
+pub(crate) fn decode_path(path: &Path, max_side: u32) -> Result<RgbImage, String> {
+    let bytes = read_regular(path, MAX_IMAGE_BYTES)?;
+    decode(&bytes, max_side)
+}
+
+/// Decodes an encoded image (JPEG, PNG, WebP or BMP) held in memory, refusing one whose
+/// header claims a side over `max_side` before any pixel buffer is allocated.
+pub fn decode_bytes(bytes: &[u8], max_side: u32) -> Result<RgbImage, DecodeError> {
+    decode(bytes, max_side).map_err(|reason| DecodeError { reason })
+}
+
+fn decode(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
@@ -152,9 +172,10 @@ mod tests {
 
     #[test]
     fn bad_files_say_why() {
-        assert!(decode_bytes(b"", 100).unwrap_err().contains("empty"));
+        assert!(decode_bytes(b"", 100).unwrap_err().reason.contains("empty"));
         assert!(decode_bytes(b"hello, not an image at all", 100)
             .unwrap_err()
+            .reason
             .contains("not an image"));
         let jpeg = encode(
             &DynamicImage::ImageRgb8(gradient(64, 64)),
@@ -162,7 +183,10 @@ mod tests {
         );
         let cut = &jpeg[..jpeg.len() / 2];
         assert!(
-            decode_bytes(cut, 100).unwrap_err().contains("truncated"),
+            decode_bytes(cut, 100)
+                .unwrap_err()
+                .reason
+                .contains("truncated"),
             "{:?}",
             decode_bytes(cut, 100).err()
         );
@@ -175,13 +199,13 @@ mod tests {
         let png = encode(&DynamicImage::ImageRgb8(gradient(64, 40)), ImageFormat::Png);
         let err = decode_bytes(&png, 50).unwrap_err();
         assert!(
-            err.contains("64x40") && err.contains("max_image_side"),
+            err.reason.contains("64x40") && err.reason.contains("max_image_side"),
             "{err}"
         );
         // A valid PNG header claiming 100000 x 100000, with a few bytes of data behind it.
         let enc = huge_png_header(100_000, 100_000);
         let err = decode_bytes(&enc, 16384).unwrap_err();
-        assert!(err.contains("100000x100000"), "{err}");
+        assert!(err.reason.contains("100000x100000"), "{err}");
     }
 
     #[test]

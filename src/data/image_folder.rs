@@ -12,9 +12,9 @@
 //! Only regular files are samples: a FIFO, socket or device file (or a link to one) with an
 //! image extension is refused when it is read (see [`super::file`]), so it is skipped with a
 //! warning naming it, or stops the run under `data.on_error = "fail"`, as an undecodable
-//! image does; no read ever blocks or exceeds [`super::file::MAX_IMAGE_BYTES`].
+//! image does; no read ever blocks or exceeds 64 MiB.
 
-use super::decode::decode_file;
+use super::decode::decode_path;
 use super::transforms::{RgbRef, Transform};
 use super::{seed, Dataset, Sample, SampleError, Splits};
 use crate::config::DataConfig;
@@ -81,7 +81,7 @@ impl Dataset for ImageFolder {
 
     fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
         let (path, label) = &self.samples[index];
-        let image = decode_file(path, self.max_side).map_err(|reason| SampleError {
+        let image = decode_path(path, self.max_side).map_err(|reason| SampleError {
             item: path.display().to_string(),
             reason,
         })?;
@@ -94,7 +94,7 @@ impl Dataset for ImageFolder {
 
 /// The train and val splits of `cfg.root`; every layout problem is reported here, before
 /// training starts, naming the directory.
-pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
+pub(crate) fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
     let (train, val) = listings(Path::new(&cfg.root), cfg.val_fraction, cfg.seed)?;
     Ok(Splits {
         train: Arc::new(ImageFolder::new(
@@ -111,13 +111,17 @@ pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
 }
 
 /// The train and val listings of `root` (see the module doc for the two layouts).
-pub fn listings(root: &Path, val_fraction: f64, seed: u64) -> anyhow::Result<(Listing, Listing)> {
+pub(crate) fn listings(
+    root: &Path,
+    val_fraction: f64,
+    seed: u64,
+) -> anyhow::Result<(Listing, Listing)> {
     if !root.is_dir() {
         bail!("data.root {} is not a directory", root.display());
     }
     let (train_dir, val_dir) = (root.join("train"), root.join("val"));
     if train_dir.is_dir() {
-        let train = scan(&train_dir, None)?;
+        let train = scan_dir(&train_dir, None)?;
         if val_dir.is_dir() {
             if val_fraction > 0.0 {
                 bail!(
@@ -125,7 +129,7 @@ pub fn listings(root: &Path, val_fraction: f64, seed: u64) -> anyhow::Result<(Li
                     val_dir.display()
                 );
             }
-            let val = scan(&val_dir, Some(&train.classes))?;
+            let val = scan_dir(&val_dir, Some(&train.classes))?;
             Ok((train, val))
         } else if val_fraction > 0.0 {
             Ok(split(train, val_fraction, seed))
@@ -136,7 +140,7 @@ pub fn listings(root: &Path, val_fraction: f64, seed: u64) -> anyhow::Result<(Li
             )
         }
     } else if val_fraction > 0.0 {
-        Ok(split(scan(root, None)?, val_fraction, seed))
+        Ok(split(scan_dir(root, None)?, val_fraction, seed))
     } else {
         bail!(
             "{} has no train/ directory: use root/train/<class>/ and root/val/<class>/, \
@@ -164,7 +168,12 @@ pub struct UnknownClass {
 
 /// Lists the class directories of `dir` and their images. With `classes`, the directory's
 /// classes must be among them and take their labels (a validation set may lack a class).
-pub fn scan(dir: &Path, classes: Option<&[String]>) -> anyhow::Result<Listing> {
+pub fn scan(dir: &Path, classes: Option<&[String]>) -> crate::Result<Listing> {
+    Ok(scan_dir(dir, classes)?)
+}
+
+/// [`scan`] for internal callers: an unknown class is an [`UnknownClass`] to downcast.
+pub(crate) fn scan_dir(dir: &Path, classes: Option<&[String]>) -> anyhow::Result<Listing> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;

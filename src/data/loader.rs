@@ -59,15 +59,6 @@ impl LoadError {
     }
 }
 
-/// The message of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
-
 /// One batch: `images` is `u8 [b, h, w, 3]`, `labels` is `i64 [b]`.
 pub struct Batch {
     /// `u8 [b, h, w, 3]` with `h = w` the dataset's image size; `b` excludes skipped samples.
@@ -88,20 +79,22 @@ pub struct Loader {
 impl Loader {
     /// A loader of `dataset` with a pool of `opts.workers` threads (0: one per core); fails
     /// only if the pool cannot be built.
-    pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> anyhow::Result<Loader> {
-        let workers = if opts.workers == 0 {
-            default_workers()
-        } else {
-            opts.workers
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(workers)
-            .thread_name(|i| format!("hondo-loader-{i}"))
-            .build()?;
-        Ok(Loader {
-            dataset,
-            opts,
-            pool: Arc::new(pool),
+    pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> crate::Result<Loader> {
+        crate::error::boundary(|| {
+            let workers = if opts.workers == 0 {
+                default_workers()
+            } else {
+                opts.workers
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(workers)
+                .thread_name(|i| format!("hondo-loader-{i}"))
+                .build()?;
+            Ok(Loader {
+                dataset,
+                opts,
+                pool: Arc::new(pool),
+            })
         })
     }
 
@@ -153,7 +146,7 @@ impl Loader {
                     .unwrap_or_else(|p| {
                         Err(LoadError::Failed(format!(
                             "batch {b} of epoch {epoch} panicked: {}",
-                            panic_message(p.as_ref())
+                            crate::error::panic_message(p.as_ref())
                         )))
                     });
                     let stop = batch.is_err();
@@ -201,7 +194,7 @@ fn make_batch(
                     .map_err(|p| {
                         LoadError::Failed(format!(
                             "reading sample {i} panicked: {}",
-                            panic_message(p.as_ref())
+                            crate::error::panic_message(p.as_ref())
                         ))
                     })
             })
@@ -268,7 +261,10 @@ impl Iterator for Batches {
             Err(_) => {
                 // The producer ended without sending every batch, or an error: say why.
                 let why = match self.handle.take().map(JoinHandle::join) {
-                    Some(Err(p)) => format!("its thread panicked: {}", panic_message(p.as_ref())),
+                    Some(Err(p)) => format!(
+                        "its thread panicked: {}",
+                        crate::error::panic_message(p.as_ref())
+                    ),
                     _ => "its thread stopped early".into(),
                 };
                 let left = std::mem::take(&mut self.remaining);

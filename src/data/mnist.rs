@@ -5,11 +5,11 @@
 //! regular files of at most 1 GiB are read, and a header must describe exactly the bytes
 //! its file holds (see [`read_idx`]).
 
-use super::file::{open_regular, read_bounded, MAX_DATASET_BYTES};
 use super::in_memory::InMemory;
 use super::transforms::Transform;
 use super::Splits;
 use crate::config::DataConfig;
+use crate::file::{open_regular, read_bounded, MAX_DATASET_BYTES};
 use anyhow::{bail, Context};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub const CLASSES: [&str; 10] = [
 ];
 
 /// The train and test sets of `cfg.root`.
-pub fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
+pub(crate) fn splits(cfg: &DataConfig) -> anyhow::Result<Splits> {
     let dir = find_dir(Path::new(&cfg.root))?;
     let set = |prefix: &str, transform: Transform| -> anyhow::Result<InMemory> {
         let images = dir.join(format!("{prefix}-images-idx3-ubyte"));
@@ -92,7 +92,7 @@ fn find_dir(root: &Path) -> anyhow::Result<PathBuf> {
 /// Reads an IDX file of unsigned bytes with `ndims` dimensions: its dimensions and data.
 /// Only a regular file of at most [`MAX_DATASET_BYTES`] is read, and the header's size
 /// (with checked arithmetic) must match the file's before the data is read.
-pub fn read_idx(path: &Path, ndims: usize) -> anyhow::Result<(Vec<usize>, Vec<u8>)> {
+pub(crate) fn read_idx(path: &Path, ndims: usize) -> anyhow::Result<(Vec<usize>, Vec<u8>)> {
     let fail = |reason: String| anyhow::anyhow!("{}: {reason}", path.display());
     let (mut file, len) = open_regular(path, MAX_DATASET_BYTES).map_err(fail)?;
     let header = 4 + 4 * ndims;

@@ -7,7 +7,6 @@
 
 pub mod cifar10;
 pub mod decode;
-pub mod file;
 pub mod image_folder;
 pub mod in_memory;
 pub mod loader;
@@ -65,8 +64,8 @@ pub struct Splits {
 }
 
 /// Builds the datasets a config names; errors name the directory or file at fault.
-pub fn build(cfg: &DataConfig) -> anyhow::Result<Splits> {
-    match cfg.kind {
+pub fn build(cfg: &DataConfig) -> crate::Result<Splits> {
+    crate::error::boundary(|| match cfg.kind {
         DataKind::Shapes => Ok(Splits {
             train: Arc::new(shapes::Shapes::new(cfg, shapes::Split::Train)),
             val: Arc::new(shapes::Shapes::new(cfg, shapes::Split::Val)),
@@ -74,5 +73,5 @@ pub fn build(cfg: &DataConfig) -> anyhow::Result<Splits> {
         DataKind::ImageFolder => image_folder::splits(cfg),
         DataKind::Mnist => mnist::splits(cfg),
         DataKind::Cifar10 => cifar10::splits(cfg),
-    }
+    })
 }

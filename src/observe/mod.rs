@@ -2,9 +2,9 @@
 //! nothing itself.
 //!
 //! The `hondo` binary's progress bar and log lines are one observer; [`MetricsLog`]
-//! (`metrics.jsonl`) and [`TrainingCurves`] (`training-curves.png`) are others, and a
-//! library user adds their own (a TensorBoard writer, a web hook, an early-stopping rule
-//! of their own) the same way, with [`crate::train::Trainer::observer`].
+//! (`metrics.jsonl`), [`TrainingCurves`] (`training-curves.png`) and [`TensorBoard`] are
+//! others, and a library user adds their own (a web hook, an early-stopping rule of their
+//! own) the same way, with [`crate::train::Trainer::observer`].
 //!
 //! Every method has a default that does nothing, so an observer implements only what it
 //! needs. A method that returns an error stops the run with
@@ -28,9 +28,11 @@
 
 mod curves;
 mod metrics_log;
+mod tensorboard;
 
 pub use curves::TrainingCurves;
 pub use metrics_log::MetricsLog;
+pub use tensorboard::{TensorBoard, EVENTS_PREFIX};
 
 use crate::metrics::EpochMetrics;
 use std::path::Path;
@@ -65,6 +67,8 @@ pub struct RunInfo<'a> {
     pub channels_last: bool,
     /// The epoch (0-based) and batch a resumed run continues from; `None` for a new run.
     pub resumed_at: Option<(usize, usize)>,
+    /// Optimizer steps already done (non-zero only for a resumed run).
+    pub step: usize,
 }
 
 /// The start of an epoch's training.
@@ -112,6 +116,8 @@ pub struct EpochEnd<'a> {
     pub epochs: usize,
     /// Whether this epoch is the best so far by `checkpoint.monitor`.
     pub is_best: bool,
+    /// Optimizer steps done in the run by the end of this epoch.
+    pub step: usize,
     /// The run directory.
     pub run_dir: &'a Path,
 }
@@ -222,6 +228,10 @@ impl Observers {
                 failures.push(e.to_string());
             }
         }
+        // What observers queued while ending (notes on the curves drawn).
+        failures.extend(std::mem::take(
+            &mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
         for f in failures {
             for o in &mut self.0 {
                 let _ = o.warning(&f);

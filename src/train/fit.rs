@@ -117,6 +117,7 @@ pub(super) fn fit(
             metrics: &m,
             epochs: cfg.train.epochs,
             is_best,
+            step: pos.step,
             run_dir: &s.run_dir,
         };
         let observers = &mut s.observers;

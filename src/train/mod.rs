@@ -127,7 +127,22 @@ impl Trainer {
 
     /// Trains. Errors name the file, key or tensor at fault; a checkpoint already written
     /// is never lost.
-    pub fn run(mut self) -> crate::Result<Summary> {
+    ///
+    /// A panic inside the run (in your model's `forward_t`, an observer, or hondo) is caught
+    /// and returned as [`Error::Other`](crate::Error::Other) naming it; checkpoints
+    /// already written are kept.
+    pub fn run(self) -> crate::Result<Summary> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner())) {
+            Ok(result) => result,
+            Err(payload) => Err(crate::Error::Other(format!(
+                "training stopped: a panic in the model, an observer or hondo: {}; \
+                 checkpoints already written are kept",
+                crate::error::panic_message(payload.as_ref())
+            ))),
+        }
+    }
+
+    fn run_inner(mut self) -> crate::Result<Summary> {
         let started = Instant::now();
         let resumed = self.resume.is_some();
         let (mut s, pos) = session::prepare(&mut self)?;

@@ -257,7 +257,7 @@ impl Optimizer {
     /// Restores state saved by [`Optimizer::state_tensors`]; tensors move to each
     /// parameter's device and keep its memory layout. Errors name an entry that fits no
     /// parameter.
-    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> anyhow::Result<()> {
+    pub(crate) fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> anyhow::Result<()> {
         let params: BTreeMap<&str, &Tensor> = self
             .groups
             .iter()

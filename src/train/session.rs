@@ -76,7 +76,7 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
         .train
         .device
         .resolve()
-        .map_err(|e| crate::Error::Device(format!("train.device: {e}")))?;
+        .map_err(|e| anyhow::Error::from(e).context("train.device"))?;
     crate::budget::check(&cfg, device.is_cuda(), t.force)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -86,7 +86,7 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     let resume = match &t.resume {
         Some(dir) => {
             let path = dir.join(checkpoint::LAST);
-            if !path.is_file() {
+            if std::fs::symlink_metadata(&path).is_err() {
                 bail!(
                     "{} is not a hondo run directory: {} not found",
                     dir.display(),
@@ -125,6 +125,11 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     models::check_unique_names(&vs)?;
 
     let mut observers = std::mem::take(&mut t.observers);
+    if cfg.checkpoint.tensorboard {
+        observers.0.push(Box::new(crate::observe::TensorBoard::new(
+            cfg.checkpoint.tensorboard_every_steps,
+        )));
+    }
     if let (Some(pretrained), None) = (&cfg.model.pretrained, &resume) {
         let line = load_pretrained(&vs, &spec, num_classes, Path::new(pretrained), &cfg)?;
         observers.message(&line)?;
@@ -321,6 +326,7 @@ impl Session {
             precision: self.cfg.train.precision.name(),
             channels_last: self.cfg.train.channels_last,
             resumed_at: resumed.then_some((pos.epoch, pos.batch)),
+            step: pos.step,
         }
     }
 }

@@ -28,6 +28,8 @@
 mod pickle;
 mod torch_file;
 
+use crate::checkpoint::{EMA_PREFIX, OPTIMIZER_PREFIX};
+use crate::file::{open_regular, read_regular, MAX_WEIGHTS_BYTES};
 use crate::tensor_io;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -152,22 +154,27 @@ pub struct TensorFile {
 /// Reads every tensor of a weights file, choosing the format by extension.
 pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> {
     let path = path.as_ref();
-    let io = |source| WeightsError::Io {
+    let io = |reason: String| WeightsError::Io {
         path: path.to_owned(),
-        source,
+        source: crate::file::io_error(reason),
     };
     match extension(path).as_deref() {
         Some("safetensors") => {
-            let bytes = std::fs::read(path).map_err(io)?;
+            let bytes = read_regular(path, MAX_WEIGHTS_BYTES).map_err(io)?;
             read_bytes(path, &bytes)
         }
         Some("pth" | "pt" | "bin" | "tar") => {
-            let file = std::fs::File::open(path).map_err(io)?;
+            let (file, _) = open_regular(path, MAX_WEIGHTS_BYTES).map_err(io)?;
             read_torch(path, std::io::BufReader::new(file))
         }
         Some("ot") => {
-            // libtorch reports a missing file obscurely: check first.
-            std::fs::metadata(path).map_err(io)?;
+            // libtorch reads the file itself: check it is a regular file of bounded size
+            // whose zip records hold every byte they claim, before it allocates anything.
+            let (file, len) = open_regular(path, MAX_WEIGHTS_BYTES).map_err(io)?;
+            check_ot_archive(file, len).map_err(|reason| WeightsError::Malformed {
+                path: path.to_owned(),
+                reason,
+            })?;
             let tensors = Tensor::load_multi(path).map_err(|source| WeightsError::Torch {
                 path: path.to_owned(),
                 source,
@@ -178,6 +185,54 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> 
             path: path.to_owned(),
         }),
     }
+}
+
+/// Largest uncompressed size of a compressed `.ot` record (libtorch deflates only its small
+/// `code/` and debug records) and of all of them together.
+const MAX_OT_INFLATED: u64 = 64 << 20;
+
+/// libtorch's tensor archive (`.ot`, what `Tensor::save_multi` writes) is a zip whose
+/// records libtorch reads whole into memory, allocating what each record's header claims.
+/// Stored records (the tensor data) must hold every byte they claim, and together fit in
+/// the file; compressed ones (code, debug information) may inflate to at most 64 MiB in
+/// all.
+fn check_ot_archive(file: std::fs::File, len: u64) -> Result<(), String> {
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("not a libtorch tensor archive (zip): {e}"))?;
+    let (mut stored, mut inflated) = (0u64, 0u64);
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| format!("unreadable zip record {i}: {e}"))?;
+        if entry.compression() == zip::CompressionMethod::Stored {
+            if entry.size() != entry.compressed_size() {
+                return Err(format!(
+                    "record `{}` claims {} bytes but holds {}",
+                    entry.name(),
+                    entry.size(),
+                    entry.compressed_size()
+                ));
+            }
+            stored = stored.saturating_add(entry.size());
+        } else {
+            inflated = inflated.saturating_add(entry.size());
+            if inflated > MAX_OT_INFLATED {
+                return Err(format!(
+                    "compressed record `{}` would inflate past {} MiB ({} bytes claimed); \
+                     libtorch compresses only small records",
+                    entry.name(),
+                    MAX_OT_INFLATED >> 20,
+                    entry.size()
+                ));
+            }
+        }
+    }
+    if stored > len {
+        return Err(format!(
+            "records claim {stored} bytes in a file of {len} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// [`read_tensors`] over bytes already in memory, for `.safetensors` and `torch.save`
@@ -236,7 +291,7 @@ fn finish(
     let mut model = Vec::new();
     let mut ema = Vec::new();
     for (name, t) in tensors {
-        if is_optimizer_state(&name) {
+        if name.starts_with(OPTIMIZER_PREFIX) {
             continue;
         }
         match name.strip_prefix(EMA_PREFIX) {
@@ -250,14 +305,6 @@ fn finish(
         metadata,
         format,
     }
-}
-
-/// Moving-average weights in a hondo checkpoint (`ema/<name>`).
-const EMA_PREFIX: &str = "ema/";
-
-/// Optimizer state in a hondo checkpoint (`optimizer/<param>.<field>`): not model weights.
-fn is_optimizer_state(name: &str) -> bool {
-    name.starts_with("optimizer/")
 }
 
 /// `module.conv1.weight` (saved from `nn.DataParallel`) -> `conv1.weight`.
@@ -648,6 +695,37 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/w.pth"), "{e}");
         let e = read_tensors("/nonexistent/w.ot").unwrap_err();
         assert!(matches!(e, WeightsError::Io { .. }));
+    }
+
+    #[test]
+    fn ot_archives_load_and_lying_ones_are_refused_before_libtorch_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.ot");
+        Tensor::save_multi(&weights(4), &good).unwrap();
+        let file = read_tensors(&good).unwrap();
+        assert_eq!(file.format, Format::Libtorch);
+        assert_eq!(file.tensors.len(), 3);
+        // A record libtorch would inflate to whatever its header claims.
+        let deflated = dir.path().join("deflated.ot");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&deflated).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("archive/data/0", opts).unwrap();
+        // 128 MiB of zeros deflate to a few hundred KiB.
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..128 {
+            std::io::Write::write_all(&mut zip, &zeros).unwrap();
+        }
+        zip.finish().unwrap();
+        let err = read_tensors(&deflated).unwrap_err().to_string();
+        assert!(
+            err.contains("deflated.ot") && err.contains("inflate past 64 MiB"),
+            "{err}"
+        );
+        let junk = dir.path().join("junk.ot");
+        std::fs::write(&junk, b"not a zip at all").unwrap();
+        let err = read_tensors(&junk).unwrap_err().to_string();
+        assert!(err.contains("junk.ot") && err.contains("zip"), "{err}");
     }
 
     #[test]

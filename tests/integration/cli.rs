@@ -198,3 +198,155 @@ fn bad_input_gives_one_clear_message_and_a_failure_status() {
             .stderr(predicate::str::contains("CUDA was requested but").and(no_panic()));
     }
 }
+
+#[test]
+fn completions_are_valid_scripts_that_know_the_subcommands() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef hondo"),
+        ("fish", "complete -c hondo"),
+    ] {
+        let out = hondo().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(marker), "{shell}: {marker}");
+        for sub in ["train", "export", "predict", "completions"] {
+            assert!(text.contains(sub), "{shell}: {sub}");
+        }
+        let flag = if shell == "fish" {
+            "-l resume"
+        } else {
+            "--resume"
+        };
+        assert!(text.contains(flag), "{shell}: train's flags");
+    }
+    // bash parses the script, and completing `hondo tr` offers `train`.
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("hondo.bash");
+    let out = hondo().args(["completions", "bash"]).output().unwrap();
+    std::fs::write(&script, out.stdout).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && COMP_WORDS=(hondo tr) COMP_CWORD=1 COMP_LINE='hondo tr' \
+             COMP_POINT=8 && _hondo hondo tr hondo && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    let offered = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && offered.lines().any(|l| l == "train"),
+        "{offered}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    hondo()
+        .args(["completions", "tcsh"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("tcsh").and(no_panic()));
+}
+
+#[test]
+fn train_json_prints_one_summary_object_on_stdout() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(d.path(), "tiny.toml", TINY);
+    let out = d.path().join("run");
+    let o = hondo()
+        .args([
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--set", "train.epochs=1", "--json", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["outcome"], "finished");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["epochs_done"], 1);
+    assert_eq!(v["monitor"], "val_acc");
+    assert_eq!(v["best"]["epoch"], 1);
+    let best = v["best"]["value"].as_f64().unwrap();
+    assert_eq!(v["last"]["val_acc"].as_f64().unwrap(), best);
+    assert_eq!(v["run_dir"].as_str().unwrap(), out.to_str().unwrap());
+    for k in ["last", "best"] {
+        let p = v["checkpoints"][k].as_str().unwrap();
+        assert!(std::path::Path::new(p).is_file(), "{k}: {p}");
+    }
+    // A refused run says so in JSON too, with the error and the exit status.
+    let o = hondo()
+        .args(["train", cfg.to_str().unwrap(), "--json"])
+        .args(["--set", "train.epochs=0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["outcome"], "error");
+    assert!(v["error"].as_str().unwrap().contains("train.epochs"), "{v}");
+}
+
+/// Runs `hondo ARGS` on a pseudo-terminal (util-linux `script`), returning what it drew.
+fn on_a_terminal(args: &[&str], envs: &[(&str, &str)]) -> Option<String> {
+    let bin = assert_cmd::cargo::cargo_bin("hondo");
+    let line = std::iter::once(bin.to_str().unwrap())
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn progress_output_is_coloured_on_a_terminal_unless_no_color() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(d.path(), "tiny.toml", TINY);
+    let run = |name: &str, envs: &[(&str, &str)]| {
+        let out = d.path().join(name);
+        // A pretrained file with extra tensors gives a warning line as well.
+        on_a_terminal(
+            &[
+                "train",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--set",
+                "train.epochs=1",
+            ],
+            envs,
+        )
+    };
+    let Some(coloured) = run("a", &[]) else {
+        eprintln!("skipped: util-linux `script` is not installed");
+        return;
+    };
+    // An SGR colour sequence: ESC [ ... 3x m (the bar is cyan on blue).
+    let has_colour = |s: &str| s.contains("\u{1b}[36m") || s.contains("\u{1b}[38;5;6m");
+    assert!(
+        has_colour(&coloured),
+        "no colour on a terminal: {coloured:?}"
+    );
+    assert!(coloured.contains("done: 1 epochs"), "{coloured}");
+    let plain = run("b", &[("NO_COLOR", "1")]).unwrap();
+    assert!(plain.contains("done: 1 epochs"), "{plain}");
+    assert!(
+        !has_colour(&plain) && !plain.contains("\u{1b}[3"),
+        "NO_COLOR: {plain:?}"
+    );
+}

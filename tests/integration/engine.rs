@@ -406,6 +406,96 @@ fn kill_9_at_random_moments_never_corrupts_and_resume_finishes() {
     assert_eq!(m.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
 }
 
+/// TensorBoard's EventAccumulator on a run directory (`tests/python/read_tensorboard.py`).
+fn tensorboard_scalars(run: &Path) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/python/read_tensorboard.py"))
+        .arg(run)
+        .env("PYTHONPATH", repo().join(".pydeps"))
+        .output()
+        .expect("run python3 (PYTHONPATH=.pydeps) for tests/python/read_tensorboard.py");
+    assert!(
+        out.status.success(),
+        "read_tensorboard.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn tensorboard_reads_every_tag_and_step_once_across_a_killed_and_resumed_run() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let sets = [
+        LONG,
+        &[
+            "checkpoint.every_steps=2",
+            "checkpoint.tensorboard=true",
+            "checkpoint.tensorboard_every_steps=1",
+        ],
+    ]
+    .concat();
+    // Killed mid-epoch: it logged steps past its last checkpoint (every 2 steps), which the
+    // resumed attempt runs again.
+    let mut child = spawn(d.path(), &sets, false);
+    let (_, rest) = wait_for_line(&mut child, "step 7 ");
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(rest);
+    let killed_at = checkpoint::read(&run.join(checkpoint::LAST))
+        .unwrap()
+        .meta
+        .step;
+    train_ok(d.path(), "run", &[], true);
+
+    let tb = tensorboard_scalars(&run);
+    assert_eq!(
+        tb["files"].as_array().unwrap().len(),
+        1,
+        "one file, appended: {tb}"
+    );
+    let scalars = &tb["scalars"];
+    let steps = |tag: &str| -> Vec<i64> {
+        scalars[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tag {tag}: {tb}"))
+            .iter()
+            .map(|p| p[0].as_i64().unwrap())
+            .collect()
+    };
+    let m = metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let total = m.last().unwrap().step as i64;
+    for tag in ["train/lr", "train/images_per_sec"] {
+        assert_eq!(
+            steps(tag),
+            (1..=total).collect::<Vec<_>>(),
+            "{tag}: every step once (killed after step {killed_at})"
+        );
+    }
+    for (tag, f) in [
+        (
+            "train/loss",
+            (|e: &metrics::EpochMetrics| e.train_loss) as fn(&_) -> f64,
+        ),
+        ("train/acc", |e| e.train_acc),
+        ("val/loss", |e| e.val_loss),
+        ("val/acc", |e| e.val_acc),
+    ] {
+        let points = scalars[tag].as_array().unwrap();
+        assert_eq!(points.len(), m.len(), "{tag}: one point per epoch");
+        for (p, e) in points.iter().zip(&m) {
+            assert_eq!(p[0].as_i64().unwrap(), e.step as i64, "{tag} step");
+            assert_eq!(p[1].as_f64().unwrap() as f32, f(e) as f32, "{tag} value");
+        }
+    }
+    let lr = scalars["train/lr"].as_array().unwrap();
+    assert!(
+        lr.iter()
+            .all(|p| (p[1].as_f64().unwrap() - 0.1).abs() < 1e-6),
+        "constant lr 0.1"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // NaN, early stopping
 

@@ -163,6 +163,89 @@ fn predict_refuses_fifos_and_device_links_by_name_without_reading_them() {
     assert_eq!(snapshot(d.path()), before);
 }
 
+#[test]
+fn configs_checkpoints_weights_and_metrics_that_are_not_files_are_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let run_dir = checkpoint().parent().unwrap();
+    let cfg = d.path().join("fifo.toml");
+    mkfifo(&cfg);
+    let ckpt = d.path().join("fifo.safetensors");
+    mkfifo(&ckpt);
+    let zero_ckpt = d.path().join("zero.safetensors");
+    symlink("/dev/zero", &zero_ckpt).unwrap();
+    let weights = d.path().join("weights.pth");
+    mkfifo(&weights);
+    let ot = d.path().join("weights.ot");
+    symlink("/dev/zero", &ot).unwrap();
+    let runs = d.path().join("runs");
+    let plot_dir = d.path().join("plotrun");
+    std::fs::create_dir_all(&plot_dir).unwrap();
+    mkfifo(&plot_dir.join("metrics.jsonl"));
+    let resume_last = d.path().join("resume/last.safetensors");
+    let train_set = |weights: &Path| {
+        vec![
+            "train".into(),
+            run_dir.parent().unwrap().join("cfg.toml").into_os_string(),
+            "--out".into(),
+            runs.join("w").into_os_string(),
+            "--set".into(),
+            format!("model.pretrained={}", weights.display()).into(),
+        ]
+    };
+    let cases: Vec<(Vec<std::ffi::OsString>, &Path, &str)> = vec![
+        (vec!["train".into(), cfg.clone().into()], &cfg, "a FIFO"),
+        (vec!["config".into(), cfg.clone().into()], &cfg, "a FIFO"),
+        (vec!["eval".into(), ckpt.clone().into()], &ckpt, "a FIFO"),
+        (
+            vec![
+                "predict".into(),
+                zero_ckpt.clone().into(),
+                cfg.clone().into(),
+            ],
+            &zero_ckpt,
+            "a character device",
+        ),
+        (
+            vec![
+                "export".into(),
+                ckpt.clone().into(),
+                "--out".into(),
+                d.path().join("m.pt").into(),
+            ],
+            &ckpt,
+            "a FIFO",
+        ),
+        (train_set(&weights), &weights, "a FIFO"),
+        (train_set(&ot), &ot, "a character device"),
+        (
+            vec!["plot".into(), plot_dir.clone().into()],
+            &plot_dir,
+            "a FIFO",
+        ),
+        (
+            vec!["train".into(), "--resume".into(), {
+                let r = d.path().join("resume");
+                std::fs::create_dir_all(&r).unwrap();
+                std::fs::copy(
+                    run_dir.parent().unwrap().join("cfg.toml"),
+                    r.join("config.toml"),
+                )
+                .unwrap();
+                mkfifo(&r.join("last.safetensors"));
+                r.into_os_string()
+            }],
+            &resume_last,
+            "a FIFO",
+        ),
+    ];
+    for (args, named, kind) in &cases {
+        let b = run(args, &[], 60);
+        assert_refused(&b, &[named.to_str().unwrap(), kind]);
+        assert!(b.seconds < 30.0, "{args:?}: {} s", b.seconds);
+        assert!(b.peak_rss_mib < RSS_MIB, "{args:?}: {} MiB", b.peak_rss_mib);
+    }
+}
+
 /// `root/train/<a|b>/` with `n` good images each plus a FIFO and a `/dev/zero` link in
 /// class a, and `root/val/<a|b>/` with one image each.
 fn folder_with_specials(root: &Path, n: usize) {

@@ -73,9 +73,9 @@ fn checkpoint_weights_round_trip_bit_exactly() {
     // Saving the restored model and reading it back gives the same tensors again.
     let names: Vec<_> = vars.into_iter().collect();
     let again = d.path().join("again.safetensors");
-    checkpoint::atomic::write(
+    std::fs::write(
         &again,
-        &checkpoint::to_bytes(&file.meta, &names, &file.optimizer).unwrap(),
+        checkpoint::to_bytes(&file.meta, &names, &file.optimizer).unwrap(),
     )
     .unwrap();
     let second = checkpoint::read(&again).unwrap();
@@ -95,6 +95,42 @@ fn checkpoint_weights_round_trip_bit_exactly() {
 
 /// Runs the binary (a process of its own: libtorch's RNG is process-wide, and other tests
 /// in this binary draw from it concurrently).
+#[test]
+fn a_panicking_custom_model_is_an_error_not_a_crash_and_keeps_its_checkpoints() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    // The model panics on its 4th forward pass: the first epoch (2 training batches, one
+    // validation batch) and its checkpoint complete.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let spec = hondo::ModelSpec::custom("flaky", |p: &tch::nn::Path, classes| {
+        let fc = tch::nn::linear(p / "fc", 3 * 16 * 16, classes, Default::default());
+        tch::nn::func_t(move |x, _train| {
+            if CALLS.fetch_add(1, Ordering::SeqCst) >= 3 {
+                panic!("shape bug in my model");
+            }
+            x.flatten(1, -1).apply(&fc)
+        })
+    });
+    let cfg = config(&["train.epochs=3", "data.train_size=64", "data.val_size=32"]);
+    let per_epoch = 64 / cfg.train.batch_size + 32_usize.div_ceil(cfg.train.batch_size);
+    assert_eq!(
+        per_epoch, 3,
+        "the first epoch (3 passes) finishes, the second panics"
+    );
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let err = Trainer::new(cfg).model(spec).out(&run).run().unwrap_err();
+    assert!(matches!(err, hondo::Error::Other(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("panic") && msg.contains("shape bug in my model"),
+        "{msg}"
+    );
+    // The first epoch's checkpoint is intact.
+    let last = checkpoint::read(&run.join("last.safetensors")).unwrap();
+    assert_eq!(last.meta.arch, "flaky");
+}
+
 fn hondo_train(cfg: Option<&Path>, args: &[&str]) {
     let mut all: Vec<&std::ffi::OsStr> = cfg.map(|c| c.as_os_str()).into_iter().collect();
     all.push("-q".as_ref());

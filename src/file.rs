@@ -1,5 +1,5 @@
-//! Bounded reads of regular files: the one way hondo reads a data file (an image, an IDX or
-//! CIFAR-10 batch, a class list).
+//! Bounded reads of regular files: the one way hondo reads a file it is given (a config,
+//! weights, a checkpoint, an image, an IDX or CIFAR-10 batch, a class list, metrics).
 //!
 //! Only regular files are read (a link is followed to what it names): a FIFO, socket or
 //! device (`/dev/zero`, `/dev/urandom`) is refused before it is opened, so it can neither
@@ -19,8 +19,24 @@ pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 /// training images are 45 MiB, a CIFAR-10 batch 29 MiB).
 pub const MAX_DATASET_BYTES: u64 = 1 << 30;
 
+/// Largest weights file or checkpoint read (16 GiB; ResNet-152 with Adam state and EMA
+/// weights is under 1 GiB).
+pub const MAX_WEIGHTS_BYTES: u64 = 16 << 30;
+
+/// Largest config file read (4 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// Largest text file read (a class list such as CIFAR-10's `batches.meta.txt`: 1 MiB).
 pub const MAX_TEXT_BYTES: u64 = 1 << 20;
+
+/// A reason from this module as an I/O error, for error types that say "cannot read X"
+/// themselves (the reason's own "cannot read: " is dropped).
+pub fn io_error(reason: String) -> std::io::Error {
+    match reason.strip_prefix("cannot read: ") {
+        Some(rest) => std::io::Error::other(rest.to_string()),
+        None => std::io::Error::other(reason),
+    }
+}
 
 /// What `meta` describes, for "not a regular file (a FIFO)".
 fn kind(meta: &Metadata) -> &'static str {
