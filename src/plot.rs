@@ -399,6 +399,102 @@ fn draw_confusion(
     Ok(())
 }
 
+/// Draws a learning-rate range test: the loss (smoothed, and raw in light grey) against
+/// the learning rate on a log axis, the suggestion marked, into the PNG file `out`.
+pub fn lr_find(result: &crate::train::LrFind, out: &Path) -> crate::Result<()> {
+    let (w, h) = (900u32, 560u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    draw_lr_find(&mut buf, (w, h), result)
+        .map_err(|e| crate::Error::Other(format!("drawing {}: {e}", out.display())))?;
+    Ok(save_png(out, &buf, w, h)?)
+}
+
+fn draw_lr_find(buf: &mut [u8], size: (u32, u32), r: &crate::train::LrFind) -> DrawResult<()> {
+    register_font();
+    let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    let pts = |ys: &[f64]| -> Vec<(f64, f64)> {
+        r.lrs
+            .iter()
+            .zip(ys)
+            .filter(|(lr, y)| **lr > 0.0 && y.is_finite() && y.abs() <= MAX_PLOTTED)
+            .map(|(lr, y)| (lr.log10(), *y))
+            .collect()
+    };
+    let smooth = pts(&r.smoothed);
+    let raw = pts(&r.losses);
+    let x0 = smooth.first().map_or(-7.0, |p| p.0);
+    let x1 = smooth.last().map_or(1.0, |p| p.0).max(x0 + 1e-3);
+    let lo = smooth.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let first = smooth.first().map_or(1.0, |p| p.1);
+    let (lo, hi) = if lo.is_finite() {
+        (lo, first.max(lo) * 1.5 + 1e-6)
+    } else {
+        (0.0, 1.0)
+    };
+    let y = (lo - (hi - lo) * 0.05)..hi;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("LR range test: suggestion {:.2e}", r.suggestion),
+            (FONT, 24).into_font().style(FontStyle::Bold),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y.clone())?;
+    chart
+        .configure_mesh()
+        .x_desc("learning rate (log scale)")
+        .y_desc("training loss")
+        .x_label_formatter(&|v| format!("{:.0e}", 10f64.powf(*v)))
+        .y_label_formatter(&|v| short_number(*v))
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 18))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    let clip = |p: &(f64, f64)| (p.0, p.1.clamp(y.start, y.end));
+    chart.draw_series(LineSeries::new(
+        raw.iter().map(clip),
+        RGBColor(200, 200, 200).stroke_width(1),
+    ))?;
+    chart
+        .draw_series(LineSeries::new(
+            smooth.iter().map(clip),
+            TRAIN.stroke_width(3),
+        ))?
+        .label("smoothed loss")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], TRAIN.stroke_width(3)));
+    if let Some(&(sx, sy)) = r
+        .smoothed
+        .get(r.suggestion_index)
+        .filter(|v| v.is_finite())
+        .map(|v| (r.suggestion.log10(), *v))
+        .as_ref()
+    {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(sx, y.start), (sx, y.end)],
+            VAL.stroke_width(2),
+        )))?;
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (sx, sy.clamp(y.start, y.end)),
+                7,
+                VAL.filled(),
+            )))?
+            .label(format!("suggestion {:.2e}", r.suggestion))
+            .legend(|(x, y)| Circle::new((x + 12, y), 6, VAL.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 18))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn save_png(out: &Path, rgb: &[u8], w: u32, h: u32) -> anyhow::Result<()> {
     let mut png = std::io::Cursor::new(Vec::new());
     image::write_buffer_with_format(

@@ -7,9 +7,11 @@ mod console;
 mod eval;
 mod export;
 mod info;
+mod lr_find;
 mod plot;
 mod predict;
 mod train;
+mod weights;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -41,6 +43,10 @@ enum Command {
     Predict(predict::Args),
     /// Training curves of a run as a PNG.
     Plot(plot::Args),
+    /// Learning-rate range test: loss against an exponentially growing rate, a suggestion.
+    LrFind(lr_find::Args),
+    /// Pretrained weights in the torch hub and Hugging Face caches (`weights list`).
+    Weights(weights::Args),
     /// Shell completions: `hondo completions bash > ~/.local/share/bash-completion/completions/hondo`.
     Completions(completions::Args),
 }
@@ -55,5 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Predict(a) => predict::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Completions(a) => completions::run(a),
+        Command::Weights(a) => weights::run(a),
+        Command::LrFind(a) => lr_find::run(a),
     }
 }

@@ -97,8 +97,10 @@ pub struct ModelConfig {
     pub dropout: f64,
     /// ResNet: initialise the last BatchNorm of each residual block to zero.
     pub zero_init_residual: bool,
-    /// Pretrained weights to start from (`.safetensors`, `.pth`/`.pt`, `.ot`); unset for
-    /// none (an empty string, as older configs wrote, also means none).
+    /// Pretrained weights to start from: a file (`.safetensors`, `.pth`/`.pt`, `.ot`), or a
+    /// name found in the caches PyTorch users have (`torchvision:resnet50.IMAGENET1K_V2`,
+    /// `hf:timm/resnet50.a1_in1k`; see [`crate::weights::hub`]); unset for none (an empty
+    /// string, as older configs wrote, also means none).
     #[serde(
         deserialize_with = "sentinel::empty_is_none",
         skip_serializing_if = "Option::is_none"
@@ -107,6 +109,9 @@ pub struct ModelConfig {
     /// When `pretrained` is a hondo checkpoint of a run with `train.ema_decay > 0`, start
     /// from its moving-average (EMA) weights (as timm does); `false` takes its raw weights.
     pub pretrained_ema: bool,
+    /// For `torchvision:` weights, check that the file's SHA-256 starts with the hex in its
+    /// name, as torchvision does when it downloads.
+    pub check_hash: bool,
     /// Fail on any missing, unexpected or mis-shaped tensor in `pretrained` (except a
     /// classifier head with another class count, which is re-initialised).
     pub strict: bool,
@@ -132,6 +137,7 @@ impl Default for ModelConfig {
             zero_init_residual: false,
             pretrained: None,
             pretrained_ema: true,
+            check_hash: true,
             strict: true,
             freeze: Vec::new(),
             unfreeze_at_epoch: None,

@@ -27,6 +27,7 @@ pub(crate) mod amp;
 mod checkpoints;
 pub(crate) mod ema;
 mod fit;
+mod lr_find;
 pub(crate) mod mix;
 pub mod optimizer;
 pub mod param_groups;
@@ -35,6 +36,7 @@ mod session;
 pub mod signals;
 mod step;
 
+pub use lr_find::{lr_find, LrFind, LrFindOptions};
 pub use session::to_channels_last;
 
 use crate::config::Config;
@@ -145,7 +147,7 @@ impl Trainer {
     fn run_inner(mut self) -> crate::Result<Summary> {
         let started = Instant::now();
         let resumed = self.resume.is_some();
-        let (mut s, pos) = session::prepare(&mut self)?;
+        let (mut s, pos) = session::prepare(&mut self, session::RunDir::Create)?;
         let mut observers = std::mem::take(&mut s.observers);
         let info = s.run_info(&pos, resumed);
         observers.each("run_started", |o| o.run_started(&info))?;

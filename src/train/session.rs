@@ -61,9 +61,41 @@ pub(super) struct Session {
     pub sync_every: usize,
 }
 
+/// Whether [`prepare`] creates the run directory (training) or touches nothing on disk
+/// (the LR range test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunDir {
+    Create,
+    None,
+}
+
 /// Builds the run `t` describes.
-pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
-    let cfg = t.config.clone();
+pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, Position)> {
+    let mut cfg = t.config.clone();
+    // Named weights (`torchvision:...`, `hf:...`): the cached file, and its preprocessing
+    // for the data keys the config leaves at their defaults. A resumed run has its
+    // effective config already.
+    let mut hub_note = None;
+    let pretrained_file = match &cfg.model.pretrained {
+        Some(p) if crate::weights::hub::is_name(p) && t.resume.is_none() => {
+            let r = crate::weights::hub::resolve(p, cfg.model.check_hash)
+                .map_err(crate::weights::WeightsError::from)
+                .with_context(|| format!("model.pretrained = {p:?}"))?;
+            if t.model.is_none() && r.arch != cfg.model.arch {
+                bail!(
+                    "model.pretrained = {p:?} holds {} weights but model.arch = {}",
+                    r.arch.name(),
+                    cfg.model.arch.name()
+                );
+            }
+            if let Some(pre) = r.preprocessing {
+                hub_note = apply_preprocessing(&mut cfg, &pre);
+            }
+            Some(r.path)
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => None,
+    };
     let spec = t
         .model
         .clone()
@@ -130,8 +162,11 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
             cfg.checkpoint.tensorboard_every_steps,
         )));
     }
-    if let (Some(pretrained), None) = (&cfg.model.pretrained, &resume) {
-        let line = load_pretrained(&vs, &spec, num_classes, Path::new(pretrained), &cfg)?;
+    if let Some(note) = hub_note {
+        observers.message(&note)?;
+    }
+    if let (Some(pretrained), None) = (&pretrained_file, &resume) {
+        let line = load_pretrained(&vs, &spec, num_classes, pretrained, &cfg)?;
         observers.message(&line)?;
     }
     if cfg.train.channels_last {
@@ -226,6 +261,7 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
     let normalize = Normalize::new(cfg.data.mean, cfg.data.std, device, cfg.train.channels_last);
 
     let run_dir = match (&t.resume, &t.out) {
+        _ if dir == RunDir::None => PathBuf::new(),
         (Some(dir), _) => dir.clone(),
         (None, Some(out)) => crate::run_dir::create_exact(out, t.overwrite)?,
         (None, None) => {
@@ -237,9 +273,11 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
             crate::run_dir::create_fresh(Path::new(&cfg.checkpoint.dir), &name)?
         }
     };
-    crate::run_dir::probe_writable(&run_dir)?;
-    atomic::write(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())
-        .with_context(|| format!("cannot write {}", run_dir.join("config.toml").display()))?;
+    if dir == RunDir::Create {
+        crate::run_dir::probe_writable(&run_dir)?;
+        atomic::write(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())
+            .with_context(|| format!("cannot write {}", run_dir.join("config.toml").display()))?;
+    }
 
     Ok((
         Session {
@@ -265,6 +303,40 @@ pub(super) fn prepare(t: &mut Trainer) -> anyhow::Result<(Session, Position)> {
         },
         pos,
     ))
+}
+
+/// Takes named weights' preprocessing for the data keys still at their defaults (the
+/// config did not set them); returns the line that says which, if any.
+fn apply_preprocessing(
+    cfg: &mut Config,
+    pre: &crate::weights::hub::Preprocessing,
+) -> Option<String> {
+    let default = crate::config::DataConfig::default();
+    let d = &mut cfg.data;
+    let mut taken = Vec::new();
+    if d.mean == default.mean && d.mean != pre.mean {
+        d.mean = pre.mean;
+        taken.push(format!("data.mean = {:?}", pre.mean));
+    }
+    if d.std == default.std && d.std != pre.std {
+        d.std = pre.std;
+        taken.push(format!("data.std = {:?}", pre.std));
+    }
+    if d.image_size == default.image_size && d.image_size != pre.image_size {
+        d.image_size = pre.image_size;
+        taken.push(format!("data.image_size = {}", pre.image_size));
+    }
+    if d.crop_fraction == default.crop_fraction && d.crop_fraction != pre.crop_fraction {
+        d.crop_fraction = pre.crop_fraction;
+        taken.push(format!("data.crop_fraction = {}", pre.crop_fraction));
+    }
+    (!taken.is_empty()).then(|| {
+        format!(
+            "preprocessing of {}: {}",
+            cfg.model.pretrained.as_deref().unwrap_or_default(),
+            taken.join(", ")
+        )
+    })
 }
 
 /// Loads `model.pretrained` into the fresh model; a head of another class count is left

@@ -25,6 +25,7 @@
 //! (another class count) is dropped and stays freshly initialised; any other missing,
 //! unexpected or mis-shaped tensor fails a strict load and is reported by a lenient one.
 
+pub mod hub;
 mod pickle;
 mod torch_file;
 
@@ -40,6 +41,9 @@ use thiserror::Error;
 /// Errors reading a weights file or loading it into a model.
 #[derive(Debug, Error)]
 pub enum WeightsError {
+    /// Weights named `torchvision:...` or `hf:...` are not in the cache, or fail its check.
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
     /// The file could not be opened or read.
     #[error("cannot read weights file {}: {source}", path.display())]
     Io {

@@ -195,3 +195,127 @@ fn resume_continues_and_matches_an_uninterrupted_run() {
         &b.optimizer,
     );
 }
+
+#[test]
+fn lr_find_suggests_a_rate_that_trains_where_100x_does_not_and_writes_nothing_else() {
+    use super::common::{hondo, write};
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(d.path(), "tiny.toml", super::common::TINY);
+    // A checkpoint to start from, which the range test must only read.
+    let base = d.path().join("base");
+    let out = hondo()
+        .args([
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            base.to_str().unwrap(),
+        ])
+        .args(["--set", "train.epochs=1", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start_from = base.join("last.safetensors");
+    let before = std::fs::read(&start_from).unwrap();
+    let png = d.path().join("lr.png");
+    let out = hondo()
+        .current_dir(d.path())
+        .args([
+            "lr-find",
+            cfg.to_str().unwrap(),
+            "--json",
+            "--png",
+            png.to_str().unwrap(),
+        ])
+        .args(["--set", "checkpoint.dir=runs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = r["suggestion"].as_f64().unwrap();
+    let lrs = r["lrs"].as_array().unwrap();
+    assert!(lrs.len() >= 10 && lrs.len() <= 100, "{}", lrs.len());
+    assert!(s > 1e-7 && s < 10.0, "{s}");
+    assert_eq!(image::image_dimensions(&png).unwrap(), (900, 560));
+    assert!(!d.path().join("runs").exists(), "no run directory");
+    // From a checkpoint: only read.
+    let set = format!("model.pretrained={:?}", start_from.to_str().unwrap());
+    let out = hondo()
+        .current_dir(d.path())
+        .args([
+            "lr-find",
+            cfg.to_str().unwrap(),
+            "--png",
+            png.to_str().unwrap(),
+        ])
+        .args(["--set", &set, "--set", "checkpoint.dir=runs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&start_from).unwrap(),
+        before,
+        "the weights file is unchanged"
+    );
+    assert!(!d.path().join("runs").exists());
+
+    // Training briefly at the suggestion converges; at 100x it does not.
+    let train_at = |lr: f64, name: &str| -> metrics::EpochMetrics {
+        let run = d.path().join(name);
+        let out = hondo()
+            .args([
+                "train",
+                cfg.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ])
+            .args([
+                "--set",
+                &format!("optimizer.lr={lr}"),
+                "--set",
+                "train.epochs=6",
+            ])
+            .args([
+                "--set",
+                "schedule.name=\"constant\"",
+                "--set",
+                "schedule.warmup_epochs=0",
+            ])
+            .args(["--quiet"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        metrics::read(&run.join("metrics.jsonl"))
+            .unwrap()
+            .pop()
+            .unwrap()
+    };
+    let chance_loss = 4f64.ln();
+    let good = train_at(s, "at-suggestion");
+    // The training loss falls well below chance's and validation beats chance.
+    assert!(
+        good.train_loss < chance_loss - 0.3 && good.val_acc > 0.35,
+        "at the suggestion {s}: {good:?}"
+    );
+    let bad = train_at(100.0 * s, "at-100x");
+    assert!(
+        !(bad.train_loss < good.train_loss + 0.3) && bad.val_acc < good.val_acc - 0.1,
+        "at 100x the suggestion {}: {bad:?}",
+        100.0 * s
+    );
+}

@@ -388,3 +388,180 @@ fn libtorch_archive_round_trips() {
         assert_same(&name, &var, &want[&name]);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Weights by name from the torch hub and Hugging Face caches
+
+fn hub_caches() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| python_fixtures("make_hub_caches.py", "hub-caches", |_| vec![]))
+}
+
+/// `hondo ARGS` with the fixture caches as TORCH_HOME and HF_HUB_CACHE.
+fn hondo_with_caches(args: &[&str]) -> std::process::Output {
+    let caches = hub_caches();
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("hondo"))
+        .args(args)
+        .env("TORCH_HOME", caches.join("torch"))
+        .env("HF_HUB_CACHE", caches.join("hf"))
+        .env_remove("HF_HOME")
+        .output()
+        .unwrap()
+}
+
+const HUB_TRAIN: &str = r#"
+[model]
+arch = "resnet18"
+freeze = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+[data]
+kind = "shapes"
+train_size = 8
+val_size = 8
+[train]
+epochs = 1
+batch_size = 8
+threads = 2
+"#;
+
+/// Trains HUB_TRAIN from `pretrained` into `dir/run`; returns (success, stderr).
+fn train_from(dir: &Path, pretrained: &str, extra: &[&str]) -> (bool, String) {
+    let cfg = super::common::write(dir, "hub.toml", HUB_TRAIN);
+    let run = dir.join("run");
+    let set = format!("model.pretrained={pretrained:?}");
+    let mut args = vec![
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        &set,
+    ];
+    for e in extra {
+        args.extend(["--set", e]);
+    }
+    let out = hondo_with_caches(&args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every tensor of the trained run's `last` but the re-initialised head equals the cached
+/// file's (the rest was frozen, BatchNorm statistics included).
+fn assert_started_from_the_file(run: &Path) {
+    let expected = weights::read_tensors(hub_caches().join("expected.safetensors")).unwrap();
+    let ckpt = hondo::checkpoint::read(&run.join("last.safetensors")).unwrap();
+    let trained: HashMap<&str, &Tensor> = ckpt.model.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut compared = 0;
+    for (name, t) in &expected.tensors {
+        if name.starts_with("fc.") {
+            continue;
+        }
+        let got = trained[name.as_str()];
+        assert!(got.equal(t), "{name} differs from the cached file");
+        compared += 1;
+    }
+    assert_eq!(compared, expected.tensors.len() - 2);
+}
+
+#[test]
+fn weights_by_name_come_from_the_caches_exactly() {
+    // Listed by the names model.pretrained takes.
+    let out = hondo_with_caches(&["weights", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains("torchvision:resnet18.IMAGENET1K_V1"),
+        "{listed}"
+    );
+    assert!(listed.contains("hf:timm/resnet18.a1_in1k"), "{listed}");
+
+    // torchvision's name, but not torchvision's bytes: refused naming both hashes.
+    let d = tempfile::tempdir().unwrap();
+    let (ok, err) = train_from(d.path(), "torchvision:resnet18.IMAGENET1K_V1", &[]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("resnet18-f37072fd.pth") && err.contains("does not start with f37072fd"),
+        "{err}"
+    );
+    assert!(!d.path().join("run").exists(), "nothing written");
+    // With the check off (torch.hub's check_hash = False) it trains from those tensors,
+    // with torchvision's preprocessing for the keys the config left alone.
+    let (ok, err) = train_from(
+        d.path(),
+        "torchvision:resnet18.IMAGENET1K_V1",
+        &["model.check_hash=false"],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("data.image_size = 224"), "{err}");
+    assert_started_from_the_file(&d.path().join("run"));
+
+    // The Hugging Face snapshot, with its config.json preprocessing.
+    let d = tempfile::tempdir().unwrap();
+    let (ok, err) = train_from(d.path(), "hf:timm/resnet18.a1_in1k", &[]);
+    assert!(ok, "{err}");
+    let run = d.path().join("run");
+    assert_started_from_the_file(&run);
+    let cfg = hondo::config::load(&run.join("config.toml"), &[]).unwrap();
+    assert_eq!(cfg.data.image_size, 96);
+    assert_eq!(cfg.data.crop_fraction, 0.9);
+    assert_eq!(cfg.data.mean, [0.5, 0.4, 0.3]);
+    assert_eq!(cfg.data.std, [0.25, 0.2, 0.15]);
+    // A key the config sets wins over the snapshot's.
+    let d = tempfile::tempdir().unwrap();
+    let (ok, err) = train_from(
+        d.path(),
+        "hf:timm/resnet18.a1_in1k",
+        &["data.image_size=64"],
+    );
+    assert!(ok, "{err}");
+    let cfg = hondo::config::load(&d.path().join("run/config.toml"), &[]).unwrap();
+    assert_eq!((cfg.data.image_size, cfg.data.std), (64, [0.25, 0.2, 0.15]));
+}
+
+#[test]
+fn weights_by_name_that_are_absent_or_wrong_say_what_to_do() {
+    use predicates::Predicate;
+    let d = tempfile::tempdir().unwrap();
+    let hub = hub_caches().join("torch/hub/checkpoints/resnet50-11ad3fa6.pth");
+    let hub = hub.to_str().unwrap();
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "torchvision:resnet50.IMAGENET1K_V2",
+            &["model.arch=resnet50"],
+            &[
+                "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+                hub,
+            ],
+        ),
+        (
+            "hf:timm/resnet50.a1_in1k",
+            &["model.arch=resnet50"],
+            &["hf download timm/resnet50.a1_in1k"],
+        ),
+        (
+            "torchvision:resnet18.IMAGENET1K_V2",
+            &[],
+            &["resnet50.IMAGENET1K_V2"],
+        ),
+        (
+            "torchvision:resnet18",
+            &["model.arch=resnet34", "model.check_hash=false"],
+            &["resnet18 weights", "model.arch = resnet34"],
+        ),
+        ("hf:../../etc", &[], &["hf:ORG/NAME"]),
+    ];
+    for (name, extra, needles) in cases {
+        let (ok, err) = train_from(d.path(), name, extra);
+        assert!(!ok, "{name}: {err}");
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+        for n in *needles {
+            assert!(line.contains(n), "{name}: no {n:?} in {err}");
+        }
+        assert!(super::common::no_panic().eval(&err), "{err}");
+    }
+}
