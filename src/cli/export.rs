@@ -1,4 +1,4 @@
-//! `hondo export CHECKPOINT --format safetensors|torchscript|ot --out FILE [--raw]`.
+//! `hondo export CHECKPOINT --format safetensors|torchscript|ot|onnx --out FILE [--raw]`.
 
 use hondo::export::{self, Format, Input};
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ enum FormatArg {
     Torchscript,
     /// libtorch's tensor archive, for `tch::nn::VarStore::load`.
     Ot,
+    /// An ONNX graph (opset 17) for onnxruntime and other ONNX runtimes.
+    Onnx,
 }
 
 #[derive(Debug, clap::Args)]
@@ -24,8 +26,8 @@ pub struct Args {
     /// The file to write.
     #[arg(long)]
     out: PathBuf,
-    /// TorchScript: trace the bare network (input already normalised) instead of taking
-    /// RGB in [0, 1] and normalising inside the module.
+    /// TorchScript and ONNX: the bare network (input already normalised) instead of taking
+    /// RGB in [0, 1] and normalising inside.
     #[arg(long)]
     raw: bool,
 }
@@ -35,15 +37,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(FormatArg::Safetensors) => Format::Safetensors,
         Some(FormatArg::Torchscript) => Format::TorchScript,
         Some(FormatArg::Ot) => Format::Ot,
+        Some(FormatArg::Onnx) => Format::Onnx,
         None => Format::from_extension(&a.out).ok_or_else(|| {
             anyhow::anyhow!(
-                "cannot tell the format from {}: pass --format safetensors, torchscript or ot",
+                "cannot tell the format from {}: pass --format safetensors, torchscript, ot or onnx",
                 a.out.display()
             )
         })?,
     };
-    if a.raw && format != Format::TorchScript {
-        anyhow::bail!("--raw applies to --format torchscript only");
+    if a.raw && !matches!(format, Format::TorchScript | Format::Onnx) {
+        anyhow::bail!("--raw applies to --format torchscript and onnx only");
     }
     let input = if a.raw {
         Input::Normalized
@@ -59,7 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .map(|s| format!("; metadata in {}", s.display()))
             .unwrap_or_default()
     );
-    if format == Format::TorchScript {
+    if matches!(format, Format::TorchScript | Format::Onnx) {
         eprintln!("input: {}", input.describe());
     }
     Ok(ExitCode::SUCCESS)

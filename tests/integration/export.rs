@@ -335,3 +335,164 @@ fn bad_inputs_fail_with_one_clear_message() {
         "zebra",
     );
 }
+
+const RESNET50: &str = r#"
+[model]
+arch = "resnet50"
+[data]
+kind = "shapes"
+image_size = 32
+train_size = 32
+val_size = 16
+workers = 2
+[optimizer]
+lr = 0.05
+[train]
+epochs = 1
+batch_size = 16
+threads = 2
+"#;
+
+/// hondo's logits for seeded inputs of batch 1 and 3, as the ONNX graph takes them (RGB in
+/// [0, 1] normalised inside, or already normalised with `raw`), in `NAME.io.safetensors`.
+fn onnx_io(ckpt: &Path, dir: &Path, name: &str, raw: bool) {
+    let r = checkpoint::restore(ckpt, Device::Cpu).unwrap();
+    let size = r.meta.image_size as i64;
+    let mean = Tensor::from_slice(&r.meta.mean.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&r.meta.std.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let mut io = Vec::new();
+    for b in [1i64, 3] {
+        tch::manual_seed(10 + b);
+        let x = Tensor::rand([b, 3, size, size], (Kind::Float, Device::Cpu));
+        let x_norm = (&x - &mean) / &std;
+        let logits = tch::no_grad(|| r.model.forward_t(&x_norm, false));
+        io.push((format!("x{b}"), if raw { x_norm } else { x }));
+        io.push((format!("logits{b}"), logits));
+    }
+    let bytes = hondo::tensor_io::serialize(&io, Default::default()).unwrap();
+    std::fs::write(dir.join(format!("{name}.io.safetensors")), bytes).unwrap();
+}
+
+#[test]
+fn onnx_exports_pass_the_checker_and_match_hondo_in_onnxruntime() {
+    let resnet50 = {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| run_dir("resnet50", RESNET50))
+    };
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("small_cnn", small_run().join(checkpoint::BEST), false),
+        ("resnet18", resnet_run().join(checkpoint::BEST), false),
+        ("resnet18_raw", resnet_run().join(checkpoint::BEST), true),
+        ("resnet50", resnet50.join(checkpoint::BEST), false),
+    ];
+    for (name, ckpt, raw) in &cases {
+        let out = d.path().join(format!("{name}.onnx"));
+        let extra: &[&str] = if *raw { &["--raw"] } else { &[] };
+        export(ckpt, &out, extra);
+        onnx_io(ckpt, d.path(), name, *raw);
+    }
+    let out = Command::new("python3")
+        .arg(repo().join("tests/python/check_onnx.py"))
+        .arg(d.path())
+        .env("PYTHONPATH", repo().join(".pydeps"))
+        .output()
+        .expect("run python3 (PYTHONPATH=.pydeps) for tests/python/check_onnx.py");
+    assert!(
+        out.status.success(),
+        "check_onnx.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let standard = [
+        "Add",
+        "BatchNormalization",
+        "Conv",
+        "Flatten",
+        "Gemm",
+        "GlobalAveragePool",
+        "MaxPool",
+        "Mul",
+        "Relu",
+        "Sub",
+    ];
+    for (name, ckpt, raw) in &cases {
+        let r = &v[*name];
+        let diffs = r["max_diff"].as_array().unwrap();
+        for (b, diff) in [1, 3].iter().zip(diffs) {
+            assert!(
+                diff.as_f64().unwrap() < 1e-4,
+                "{name} batch {b}: logits differ by {diff} of their scale"
+            );
+        }
+        assert_eq!(r["opset"], 17, "{name}");
+        for op in r["ops"].as_array().unwrap() {
+            assert!(standard.contains(&op.as_str().unwrap()), "{name}: op {op}");
+        }
+        assert_eq!(
+            r["ops"].as_array().unwrap().contains(&"Sub".into()),
+            !raw,
+            "{name}"
+        );
+        assert_eq!(
+            r["initializer_types"],
+            serde_json::json!([1]),
+            "{name}: float32 only"
+        );
+        let meta = checkpoint::read(ckpt).unwrap().meta;
+        let size = meta.image_size;
+        assert_eq!(
+            r["input"],
+            serde_json::json!(["batch", 3, size, size]),
+            "{name}"
+        );
+        assert_eq!(
+            r["output"],
+            serde_json::json!(["batch", meta.num_classes]),
+            "{name}"
+        );
+        let props = &r["metadata"];
+        assert_eq!(props["arch"], meta.arch.as_str(), "{name}");
+        assert_eq!(
+            props["classes"],
+            serde_json::to_string(&meta.classes).unwrap()
+        );
+        assert_eq!(props["image_size"], size.to_string());
+        for key in ["mean", "std", "crop_fraction", "input", "hondo_version"] {
+            assert!(props.get(key).is_some(), "{name}: no metadata {key}");
+        }
+    }
+}
+
+#[test]
+fn onnx_refuses_a_custom_model_before_writing_and_replaces_files_atomically() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = checkpoint::read(&small_run().join(checkpoint::BEST)).unwrap();
+    c.meta.arch = "my_net".into();
+    let custom = d.path().join("custom.safetensors");
+    std::fs::write(
+        &custom,
+        checkpoint::to_bytes(&c.meta, &c.model, &[]).unwrap(),
+    )
+    .unwrap();
+    let out = d.path().join("model.onnx");
+    std::fs::write(&out, b"previous export").unwrap();
+    hondo()
+        .args(["export", s(&custom), "--out", s(&out)])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("custom.safetensors")
+                .and(predicate::str::contains("`my_net` is a custom model"))
+                .and(no_panic()),
+        );
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous export");
+    // A good export replaces it whole, leaving no temporary file behind.
+    export(&small_run().join(checkpoint::BEST), &out, &[]);
+    assert_ne!(std::fs::read(&out).unwrap(), b"previous export");
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

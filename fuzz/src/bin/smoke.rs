@@ -301,6 +301,7 @@ fn make_seeds() {
         best: Some((0.5, 1)),
         epochs_without_improvement: 0,
         config: cfg.to_toml(),
+        head: None,
     };
     let bytes = checkpoint::to_bytes_with_ema(&meta, &model, &optimizer, &ema).unwrap();
     write("safetensors", "checkpoint.safetensors", &bytes);

@@ -12,7 +12,13 @@
 //! - [`Format::Ot`]: libtorch's tensor archive (`Tensor::save_multi`) with the same names,
 //!   readable by `tch::nn::VarStore::load`.
 //!
+//! - [`Format::Onnx`]: an ONNX graph of standard operators written by hondo ([`onnx`]),
+//!   taking RGB in `[0, 1]` and normalising inside by default, as TorchScript; the
+//!   metadata are the model's `metadata_props`.
+//!
 //! TorchScript and `.ot` files cannot hold string metadata: a `FILE.json` sidecar carries it.
+
+pub mod onnx;
 
 use crate::checkpoint::{self, atomic, Meta};
 use crate::tensor_io;
@@ -30,25 +36,30 @@ pub enum Format {
     TorchScript,
     /// libtorch's tensor archive (`.ot`), plus a `FILE.json` metadata sidecar.
     Ot,
+    /// An ONNX model (`.onnx`, opset [`onnx::OPSET`]) with the metadata inside.
+    Onnx,
 }
 
 impl Format {
-    /// Parses `safetensors`, `torchscript` or `ot`.
+    /// Parses `safetensors`, `torchscript`, `ot` or `onnx`.
     pub fn parse(s: &str) -> Option<Format> {
         match s {
             "safetensors" => Some(Format::Safetensors),
             "torchscript" => Some(Format::TorchScript),
             "ot" => Some(Format::Ot),
+            "onnx" => Some(Format::Onnx),
             _ => None,
         }
     }
 
-    /// The format a file name implies: `.safetensors`, `.pt`/`.ts`/`.torchscript`, `.ot`.
+    /// The format a file name implies: `.safetensors`, `.pt`/`.ts`/`.torchscript`, `.ot`,
+    /// `.onnx`.
     pub fn from_extension(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()? {
             "safetensors" => Some(Format::Safetensors),
             "pt" | "ts" | "torchscript" => Some(Format::TorchScript),
             "ot" => Some(Format::Ot),
+            "onnx" => Some(Format::Onnx),
             _ => None,
         }
     }
@@ -160,6 +171,22 @@ fn export_impl(
             let ckpt = checkpoint::read(checkpoint)?;
             let bytes = tensor_io::serialize(&ckpt.model, metadata(&ckpt.meta))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
+            commit(stage(out, &bytes)?, out)?;
+            return Ok(Exported {
+                path: out.into(),
+                sidecar: None,
+                tensors: ckpt.model.len(),
+            });
+        }
+        Format::Onnx => {
+            let ckpt = checkpoint::read(checkpoint)?;
+            let named = |e: String| anyhow::anyhow!("{}: {e}", checkpoint.display());
+            onnx::supported(&ckpt.meta.arch).map_err(named)?;
+            let mut props = metadata(&ckpt.meta);
+            props.remove("format");
+            props.insert("input".into(), input.describe().into());
+            let bytes = onnx::to_bytes(&ckpt.model, &ckpt.meta, input == Input::Unit, props)
+                .map_err(named)?;
             commit(stage(out, &bytes)?, out)?;
             return Ok(Exported {
                 path: out.into(),
@@ -441,7 +468,8 @@ mod tests {
     #[test]
     fn formats_parse_and_follow_extensions() {
         assert_eq!(Format::parse("ot"), Some(Format::Ot));
-        assert_eq!(Format::parse("onnx"), None);
+        assert_eq!(Format::parse("onnx"), Some(Format::Onnx));
+        assert_eq!(Format::parse("tflite"), None);
         assert_eq!(
             Format::from_extension(Path::new("m.pt")),
             Some(Format::TorchScript)
