@@ -59,18 +59,36 @@ fn compile_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/batch_norm_relu.cpp");
     println!("cargo:rerun-if-changed=csrc/export.cpp");
     println!("cargo:rerun-if-changed=csrc/guard.h");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-env-changed=HONDO_GLOO_INCLUDE");
     let include = lib
         .parent()
         .map(|d| d.join("include"))
         .expect("libtorch's lib directory has a parent");
+    // gloo's headers (scripts/setup.sh puts them beside the wheel's torch/ in the cache).
+    let gloo = std::env::var_os("HONDO_GLOO_INCLUDE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let torch = lib.parent().and_then(|d| d.parent());
+            torch.map(|d| d.join("gloo/include")).unwrap_or_default()
+        });
+    assert!(
+        gloo.join("gloo/config.h").is_file(),
+        "gloo's headers are not at {} (csrc/dist.cpp needs them): run `bash scripts/setup.sh`, \
+         or set HONDO_GLOO_INCLUDE",
+        gloo.display()
+    );
     cc::Build::new()
         .cpp(true)
         .file("csrc/shim.cpp")
         .file("csrc/cpu_allocator.cpp")
         .file("csrc/batch_norm_relu.cpp")
         .file("csrc/export.cpp")
+        .file("csrc/dist.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
+        .include(&gloo)
+        .define("USE_C10D_GLOO", None)
         .flag("-std=c++17")
         // The fused kernels are hot loops: optimised even in dev and test builds, vectorised
         // by `omp simd`, and parallel through ATen's inline OpenMP `parallel_for`.

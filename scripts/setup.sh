@@ -44,6 +44,23 @@ if [ ! -f "$extras_marker" ]; then
     touch "$extras_marker"
 fi
 
+# gloo's headers, for compiling against c10d's ProcessGroupGloo (csrc/dist.cpp): the wheel
+# links gloo into libtorch_cpu but ships no headers. Debian's libgloo-dev has the same
+# gloo's headers; only its include/ is kept, and nothing of it is linked.
+GLOO_DEB="libgloo-dev=0.0~git20220518.5b14351-3"
+if [ ! -f "$cache/gloo/.complete" ]; then
+    echo "setup: fetching gloo headers ($GLOO_DEB, Debian) into $cache/gloo" >&2
+    work="$(mktemp -d)"
+    ( cd "$work" && { apt-get download "$GLOO_DEB" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get download "$GLOO_DEB" >/dev/null; }; } )
+    dpkg-deb -x "$work"/libgloo-dev_*.deb "$work/x"
+    rm -rf "$cache/gloo"
+    mkdir -p "$cache/gloo"
+    cp -r "$work/x/usr/include" "$cache/gloo/include"
+    rm -rf "$work"
+    touch "$cache/gloo/.complete"
+fi
+
 # Links the build and the tests use (both ignored by git).
 ln -sfn "$cache/torch" "$root/.libtorch"
 ln -sfn "$cache" "$root/.pydeps"

@@ -38,6 +38,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 mod error;
 pub mod evaluate;
 pub mod export;

@@ -1,0 +1,236 @@
+//! hondo's c10d binding with two processes on 127.0.0.1: this test binary runs itself again
+//! as the two workers (the ignored `dist_worker` test, driven by environment variables).
+
+use hondo::dist::{GroupOptions, ProcessGroup, Reducer};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn options(rank: usize, port: u16, timeout_s: u64) -> GroupOptions {
+    GroupOptions {
+        host: "127.0.0.1".into(),
+        port,
+        rank,
+        world: 2,
+        is_server: rank == 0,
+        timeout: Duration::from_secs(timeout_s),
+        prefix: "test".into(),
+        interface: None,
+    }
+}
+
+/// The model and batch of `rank`: a linear layer from seed `seed`, five samples.
+fn model(vs: &nn::VarStore, seed: i64) -> nn::Linear {
+    tch::manual_seed(seed);
+    nn::linear(vs.root() / "fc", 4, 3, Default::default())
+}
+
+fn batch(rank: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(100 + rank);
+    let x = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(3, [5], (Kind::Int64, Device::Cpu));
+    (x, y)
+}
+
+const STEPS: usize = 3;
+const LR: f64 = 0.1;
+
+fn sgd_step(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for v in vs.trainable_variables() {
+            let g = v.grad();
+            let _ = v.shallow_clone().g_sub_(&(g * LR));
+        }
+    });
+    for mut v in vs.trainable_variables() {
+        v.zero_grad();
+    }
+}
+
+fn flat(vs: &nn::VarStore) -> Vec<f32> {
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.iter()
+        .flat_map(|(_, t)| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "a worker process of the dist tests, started by them with its rank in the environment"]
+fn dist_worker() {
+    let rank: usize = std::env::var("HONDO_TEST_DIST_RANK")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let port: u16 = std::env::var("HONDO_TEST_DIST_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mode = std::env::var("HONDO_TEST_DIST_MODE").unwrap_or_default();
+    let group = ProcessGroup::new(&options(rank, port, 20)).unwrap();
+    if mode == "die" {
+        group.barrier().unwrap();
+        if rank == 1 {
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        let e = group.all_reduce_sum(&Tensor::ones([4], (Kind::Float, Device::Cpu)));
+        println!(
+            "RESULT {}",
+            serde_json::json!({"error": e.err().map(|e| e.to_string()), "seconds": t0.elapsed().as_secs_f64()})
+        );
+        return;
+    }
+    // Different initial weights on each rank: the broadcast makes them rank 0's.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let fc = model(&vs, rank as i64);
+    let vars: Vec<Tensor> = vs.variables().into_values().collect();
+    group
+        .broadcast(&vars.iter().collect::<Vec<_>>(), 0)
+        .unwrap();
+    let params: Vec<Tensor> = vs.trainable_variables();
+    let reducer = Reducer::new(&group, &params.iter().collect::<Vec<_>>(), 25.0).unwrap();
+    let (x, y) = batch(rank as i64);
+    for step in 0..STEPS {
+        reducer.prepare().unwrap();
+        let loss = fc.forward(&x).cross_entropy_for_logits(&y);
+        loss.backward();
+        if step == 0 {
+            let _ = reducer.rebuild_buckets().unwrap();
+        }
+        sgd_step(&vs);
+    }
+    let sum = Tensor::from_slice(&[rank as f32 + 1.0]);
+    group.all_reduce_sum(&sum).unwrap();
+    let max = Tensor::from_slice(&[rank as f32 * 10.0]);
+    group.all_reduce_max(&max).unwrap();
+    println!(
+        "RESULT {}",
+        serde_json::json!({
+            "weights": flat(&vs),
+            "sum": sum.double_value(&[0]),
+            "max": max.double_value(&[0]),
+        })
+    );
+}
+
+/// Starts both workers, waits (bounded) and returns each one's RESULT object.
+fn run_workers(mode: &str) -> Vec<serde_json::Value> {
+    let port = free_port();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["--exact", "dist::dist_worker", "--ignored", "--nocapture"])
+                .args(["--test-threads", "1"])
+                .env("HONDO_TEST_DIST_RANK", rank.to_string())
+                .env("HONDO_TEST_DIST_PORT", port.to_string())
+                .env("HONDO_TEST_DIST_MODE", mode)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let t0 = Instant::now();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "workers took {:?}",
+        t0.elapsed()
+    );
+    outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(rank, o)| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            // The harness prints the test's name on the same line before its output.
+            let line = text
+                .lines()
+                .find_map(|l| l.find("RESULT ").map(|i| &l[i + "RESULT ".len()..]));
+            if line.is_none() && !(mode == "die" && rank == 1) {
+                panic!(
+                    "rank {rank} gave no result:\n{text}\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            line.map(|l| serde_json::from_str(l).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn two_ranks_start_equal_average_gradients_like_one_process_and_reduce() {
+    let r = run_workers("train");
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        r[0]["weights"], r[1]["weights"],
+        "the ranks' weights are bit-identical"
+    );
+    assert_eq!(r[0]["sum"], 3.0);
+    assert_eq!(r[1]["max"], 10.0);
+    // One process from rank 0's initial weights on both batches: the mean of the two
+    // ranks' mean losses is the mean loss over their union (equal batch sizes).
+    let vs = nn::VarStore::new(Device::Cpu);
+    let fc = model(&vs, 0);
+    let (x0, y0) = batch(0);
+    let (x1, y1) = batch(1);
+    let x = Tensor::cat(&[x0, x1], 0);
+    let y = Tensor::cat(&[y0, y1], 0);
+    for _ in 0..STEPS {
+        fc.forward(&x).cross_entropy_for_logits(&y).backward();
+        sgd_step(&vs);
+    }
+    let want = flat(&vs);
+    let got: Vec<f64> = r[0]["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - f64::from(*b)).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        diff < 1e-6,
+        "DDP differs from one process on the combined batch by {diff}"
+    );
+}
+
+#[test]
+fn a_lost_peer_is_an_error_naming_it_quickly_not_a_hang() {
+    let r = run_workers("die");
+    let survivor = &r[0];
+    let e = survivor["error"]
+        .as_str()
+        .expect("rank 0's all_reduce fails");
+    assert!(e.contains("all_reduce"), "{e}");
+    assert!(survivor["seconds"].as_f64().unwrap() < 20.0, "{survivor}");
+}
+
+#[test]
+fn a_rank_that_never_arrives_is_a_rendezvous_timeout_saying_how_many_joined() {
+    let t0 = Instant::now();
+    let e = ProcessGroup::new(&options(0, free_port(), 2)).unwrap_err();
+    let waited = t0.elapsed();
+    let msg = e.to_string();
+    assert!(msg.contains("rendezvous at 127.0.0.1"), "{msg}");
+    assert!(msg.contains("1/2"), "{msg}");
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+}
