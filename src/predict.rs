@@ -36,7 +36,7 @@ pub fn load_eval_image(
 /// files directly inside them (by extension, as an image folder's are; sorted by name).
 /// Only regular files are read (links are followed): naming anything else (a FIFO, a
 /// device) is an error naming it, and such an entry of a directory is skipped with a
-/// warning. Files are checked against [`MAX_IMAGE_BYTES`] here, before any model runs.
+/// warning. Files are checked against the 64 MiB image limit here, before any model runs.
 pub fn image_files(inputs: &[PathBuf]) -> crate::Result<Vec<PathBuf>> {
     crate::error::boundary(|| {
         let mut out = Vec::new();

@@ -8,7 +8,7 @@
 //!   `hondo.meta` = JSON [`Meta`]: epoch, step, architecture, classes, preprocessing,
 //!   metrics and the effective config.
 //!
-//! One file per checkpoint keeps the write atomic (see [`atomic`]).
+//! One file per checkpoint keeps the write atomic (temporary file, fsync, rename).
 
 pub(crate) mod atomic;
 pub(crate) mod policy;

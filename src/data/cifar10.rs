@@ -3,7 +3,7 @@
 //! `root/cifar-10-batches-bin`. Each record is a label byte and 3 planes of 32x32; the
 //! planes are interleaved into RGB once, at load. The test batch is the validation split.
 //! Only regular files are read, batches of at most 1 GiB and `batches.meta.txt` of at most
-//! 1 MiB (see [`super::file`]).
+//! 1 MiB (regular files only).
 
 use super::in_memory::InMemory;
 use super::transforms::Transform;

@@ -3,7 +3,7 @@
 //! uncompressed) in `data.root` or in torchvision's `root/MNIST/raw`. The test set is the
 //! validation split; grey digits become RGB and go through the usual transforms. Only
 //! regular files of at most 1 GiB are read, and a header must describe exactly the bytes
-//! its file holds (see [`read_idx`]).
+//! its file holds.
 
 use super::in_memory::InMemory;
 use super::transforms::Transform;

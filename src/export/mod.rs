@@ -135,7 +135,7 @@ pub fn metadata(meta: &Meta) -> HashMap<String, String> {
 /// Exports the checkpoint of a hondo model at `checkpoint` to `out` as `format` (`input`
 /// matters only for TorchScript). Errors name the file at fault.
 ///
-/// Every format is serialised in memory first and written with [`atomic`] (temporary file,
+/// Every format is serialised in memory first and written atomically (temporary file,
 /// fsync, rename), the file and its sidecar both staged before either replaces anything:
 /// a full disk or a kill leaves the previous export as it was.
 pub fn export(
@@ -235,7 +235,7 @@ fn commit(staged: atomic::Staged, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// Traces a restored model in eval mode (see [`traced_bytes`]) and loads the result.
+/// Traces a restored model in eval mode (frozen, as `torch.jit.trace` of the eval-mode module) and loads the result.
 pub fn trace(restored: checkpoint::Restored, input: Input) -> crate::Result<tch::CModule> {
     crate::error::boundary(|| {
         let bytes = traced_bytes(restored, input)?;

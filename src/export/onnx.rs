@@ -408,7 +408,7 @@ fn raw_f32(t: &Tensor) -> Result<Vec<u8>, tch::TchError> {
     Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
-/// The architectures [`to_bytes`] exports.
+/// Checks that `arch` is one the ONNX export builds (hondo's own), returning it.
 pub fn supported(arch: &str) -> Result<Arch, BuildError> {
     Arch::from_name(arch).ok_or_else(|| {
         format!(

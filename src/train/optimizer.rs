@@ -51,7 +51,7 @@ impl ParamState {
 }
 
 /// SGD, Adam or AdamW over [`ParamGroup`]s, with per-parameter state that
-/// [`Optimizer::state_tensors`] saves and [`Optimizer::load_state`] restores.
+/// [`Optimizer::state_tensors`] saves and a checkpoint's restore loads back.
 #[derive(Debug)]
 pub struct Optimizer {
     kind: OptimizerKind,
