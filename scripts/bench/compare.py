@@ -39,6 +39,17 @@ CASES = {
     "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, channels_last=True),
     "resnet50-bf16-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, precision="bf16", channels_last=True),
     "resnet152": dict(arch="resnet152", batch=4, size=224, steps=2, warmup=1),
+    # The second peer (issue 17): PyTorch with torch.compile (inductor) in channels-last,
+    # against hondo at its defaults; compilation falls in the warm-up steps, timed apart.
+    "small-compiled": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=3,
+                           hondo=dict(channels_last=True),
+                           pytorch=dict(channels_last=True, compile=True)),
+    "resnet18-compiled": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=3,
+                              hondo=dict(channels_last=True),
+                              pytorch=dict(channels_last=True, compile=True)),
+    "resnet50-compiled": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=3,
+                              hondo=dict(channels_last=True),
+                              pytorch=dict(channels_last=True, compile=True)),
 }
 
 
@@ -49,6 +60,8 @@ def args_of(case, threads, impl):
          "--classes", str(case.get("classes", 1000)), "--precision", case.get("precision", "fp32")]
     if case.get("channels_last"):
         a.append("--channels-last")
+    if case.get("compile"):
+        a.append("--compile")
     return a
 
 
@@ -82,8 +95,8 @@ def main():
                       f"peak {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
         rows.append((name, case, results))
 
-    print("| case | hondo img/s (min-max) | PyTorch img/s (min-max) | hondo/PyTorch | paired ratio (min-max) | hondo peak RSS | PyTorch peak RSS | hondo GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | hondo img/s (min-max) | PyTorch img/s (min-max) | hondo/PyTorch | paired ratio (min-max) | hondo peak RSS | PyTorch peak RSS | hondo GFLOP/s | first step s, hondo / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, case, results in rows:
         ips = {k: [case["batch"] / r["median_step_seconds"] for r in v] for k, v in results.items()}
         rss = {k: statistics.median(r["peak_rss_mib"] for r in v) for k, v in results.items()}
@@ -97,7 +110,16 @@ def main():
               f"| {med['pytorch']:.1f} ({min(ips['pytorch']):.1f}-{max(ips['pytorch']):.1f}) "
               f"| {med['hondo'] / med['pytorch']:.2f}x "
               f"| {statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f}) "
-              f"| {rss['hondo']:.0f} MiB | {rss['pytorch']:.0f} MiB | {gflops} |")
+              f"| {rss['hondo']:.0f} MiB | {rss['pytorch']:.0f} MiB | {gflops} | {first(results)} |")
+
+
+def first(results):
+    """Median first-step seconds (compilation included) of each tool, where reported."""
+    f = {k: [r["first_step_seconds"] for r in v if "first_step_seconds" in r]
+         for k, v in results.items()}
+    if not all(f.values()):
+        return "-"
+    return f"{statistics.median(f['hondo']):.2f} / {statistics.median(f['pytorch']):.2f}"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ scripts/bench/compare.py (issue 7) and scripts/bench_resnet152_memory.sh (issue 
 
 Usage: PYTHONPATH=<repo>/.pydeps python3 scripts/bench/train_step.py [--arch resnet152]
        [--batch 8] [--size 224] [--steps 3] [--warmup 1] [--threads 2] [--classes 1000]
-       [--precision fp32|bf16] [--channels-last] [--lr 0.1*batch/256]
+       [--precision fp32|bf16] [--channels-last] [--compile] [--lr 0.1*batch/256]
 
 `--arch small_cnn` builds the twin of hondo's small CNN (same layers and parameter names);
 other names are torchvision's ResNets.
@@ -11,7 +11,10 @@ other names are torchvision's ResNets.
 torchvision's model, torch.optim.SGD (momentum 0.9, weight decay 1e-4, one group, PyTorch's
 default implementation for CPU tensors), zero_grad / forward / cross-entropy / backward /
 step on random data. Prints one JSON line: seconds of each timed step and the peak
-resident set size (VmHWM of /proc/self/status).
+resident set size (VmHWM of /proc/self/status). `--compile` trains `torch.compile(model)`
+(inductor): the warm-up steps then include compilation, reported apart as
+`first_step_seconds` (the first step) and `warmup_seconds` (all warm-up steps); the timed
+steps are the steady state.
 """
 
 import argparse
@@ -67,6 +70,7 @@ def main():
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile(model), inductor")
     p.add_argument("--lr", type=float, default=None, help="default 0.1 * batch / 256")
     a = p.parse_args()
     # torchvision's recipe (0.1 at batch 256) scaled to the batch, as examples/train_step.rs:
@@ -82,6 +86,8 @@ def main():
         model = getattr(torchvision.models, a.arch)(weights=None, num_classes=a.classes)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(device=a.device, memory_format=fmt).train()
+    if a.compile:
+        model = torch.compile(model)
     torch.backends.cudnn.benchmark = True
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch, 3, a.size, a.size, device=a.device).contiguous(memory_format=fmt)
@@ -90,6 +96,7 @@ def main():
     # Libraries, model, optimizer and data, before the first step.
     start_rss = status_mib("VmRSS")
     seconds = []
+    warmup_seconds = []
     loss = 0.0
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
@@ -100,8 +107,8 @@ def main():
         l.backward()
         opt.step()
         loss = l.item()
-        if i >= a.warmup:
-            seconds.append(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        (seconds if i >= a.warmup else warmup_seconds).append(took)
     s = sorted(seconds)
     print(
         json.dumps(
@@ -114,6 +121,9 @@ def main():
                 "threads": a.threads,
                 "precision": a.precision,
                 "channels_last": a.channels_last,
+                "compile": a.compile,
+                "first_step_seconds": round((warmup_seconds or seconds)[0], 3),
+                "warmup_seconds": round(sum(warmup_seconds), 3),
                 "lr": lr,
                 "step_seconds": [round(v, 3) for v in seconds],
                 "median_step_seconds": round(s[len(s) // 2], 3),
