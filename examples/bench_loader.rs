@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         prefetch: 2 * workers.max(1),
         fail_on_error: true,
         pin_memory: false,
+        shard: None,
     };
     let loader = Loader::new(dataset, opts)?;
     let mean = Tensor::from_slice(&cfg.mean.map(|m| (m * 255.0) as f32)).view([1, 3, 1, 1]);

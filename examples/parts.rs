@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prefetch: 2,
             fail_on_error: true,
             pin_memory: false,
+            shard: None,
         },
     )?;
     let batches: Vec<_> = loader.epoch(0, 0).collect::<Result<_, _>>()?;

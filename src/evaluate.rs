@@ -370,6 +370,7 @@ pub fn run(restored: &Restored, opts: &EvalOptions) -> crate::Result<Report> {
                 prefetch: 2,
                 fail_on_error: true,
                 pin_memory: false,
+                shard: None,
             },
         )?;
         let normalize = Normalize::new(meta.mean, meta.std, restored.vs.device(), false);

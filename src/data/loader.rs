@@ -35,6 +35,57 @@ pub struct LoaderOptions {
     pub fail_on_error: bool,
     /// Put batches in pinned (page-locked) memory for fast, asynchronous copies to CUDA.
     pub pin_memory: bool,
+    /// Only this process's share of each epoch (data-parallel training); `None`: all.
+    pub shard: Option<Shard>,
+}
+
+/// One process's share of every epoch in data-parallel training, as PyTorch's
+/// `DistributedSampler` deals it: the epoch's order (the same on every rank: same seed and
+/// epoch) is, with `pad`, extended by repeating its start to a multiple of `world`, and rank
+/// `r` takes positions `r, r + world, r + 2 world, ...`. With padding every rank gets the
+/// same number of samples (and batches), so their steps stay in lock-step, and each sample
+/// is seen once per epoch, the first `pad` ones twice; without it (validation) every sample
+/// is seen exactly once, and the ranks' shares differ by at most one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank, 0 to `world - 1`.
+    pub rank: usize,
+    /// Processes sharing the epoch.
+    pub world: usize,
+    /// Repeat samples so that every rank has the same count.
+    pub pad: bool,
+}
+
+impl Shard {
+    /// This rank's positions of an epoch of `order` (see [`Shard`]).
+    pub fn take(&self, order: &[usize]) -> Vec<usize> {
+        let world = self.world.max(1);
+        let n = order.len();
+        let total = if self.pad && n > 0 {
+            n.div_ceil(world) * world
+        } else {
+            n
+        };
+        (self.rank..total)
+            .step_by(world)
+            .map(|i| order[i % n])
+            .collect()
+    }
+
+    /// Samples this rank gets of an epoch of `n`.
+    pub fn len(&self, n: usize) -> usize {
+        let world = self.world.max(1);
+        if self.pad {
+            n.div_ceil(world)
+        } else {
+            n / world + usize::from(self.rank < n % world)
+        }
+    }
+
+    /// Whether this rank gets no sample of an epoch of `n`.
+    pub fn is_empty(&self, n: usize) -> bool {
+        self.len(n) == 0
+    }
 }
 
 /// Why an epoch's batches stopped.
@@ -105,7 +156,9 @@ impl Loader {
 
     /// Batches per epoch.
     pub fn num_batches(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.opts.batch_size);
+        let n = self.dataset.len();
+        let n = self.opts.shard.map_or(n, |s| s.len(n));
+        let b = self.opts.batch_size;
         if self.opts.drop_last {
             n / b
         } else {
@@ -113,7 +166,7 @@ impl Loader {
         }
     }
 
-    /// The sample order of `epoch`.
+    /// The sample order of `epoch` (this rank's share of it, with [`LoaderOptions::shard`]).
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.opts.shuffle {
@@ -123,7 +176,10 @@ impl Loader {
                 epoch as u64,
             ]));
         }
-        order
+        match self.opts.shard {
+            Some(shard) => shard.take(&order),
+            None => order,
+        }
     }
 
     /// The batches of `epoch`, starting at batch `start` (for a resume mid-epoch).
@@ -310,6 +366,7 @@ mod tests {
             prefetch: 2,
             fail_on_error: true,
             pin_memory: false,
+            shard: None,
         };
         Loader::new(Arc::new(Shapes::new(&cfg, Split::Train)), opts).unwrap()
     }
@@ -331,6 +388,82 @@ mod tests {
         assert_eq!(one.len(), 7);
         assert_eq!(one.iter().map(|b| b.1.len()).sum::<usize>(), 50);
         assert_eq!(one, collect(&loader(2)));
+    }
+
+    #[test]
+    fn shards_deal_an_epoch_as_distributed_sampler() {
+        let order: Vec<usize> = (0..10).rev().collect(); // 9, 8, ..., 0
+        let shard = |rank, pad| Shard {
+            rank,
+            world: 3,
+            pad,
+        };
+        // Padded to 12: positions 10 and 11 repeat the order's start (9 and 8).
+        assert_eq!(shard(0, true).take(&order), [9, 6, 3, 0]);
+        assert_eq!(shard(1, true).take(&order), [8, 5, 2, 9]);
+        assert_eq!(shard(2, true).take(&order), [7, 4, 1, 8]);
+        // Without padding every sample once; shares differ by one at most.
+        let mut all: Vec<usize> = (0..3).flat_map(|r| shard(r, false).take(&order)).collect();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        for r in 0..3 {
+            assert_eq!(shard(r, true).len(10), 4);
+            assert_eq!(shard(r, false).len(10), shard(r, false).take(&order).len());
+        }
+        assert!(shard(2, false).is_empty(2));
+        assert!(shard(0, true).take(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_sharded_loader_gives_each_rank_its_share_of_the_same_epoch() {
+        let cfg = DataConfig {
+            train_size: 10,
+            image_size: 16,
+            ..Default::default()
+        };
+        let ds: Arc<dyn Dataset> = Arc::new(Shapes::new(&cfg, Split::Train));
+        let loader = |shard| {
+            Loader::new(
+                ds.clone(),
+                LoaderOptions {
+                    batch_size: 2,
+                    shuffle: true,
+                    drop_last: false,
+                    seed: 7,
+                    workers: 1,
+                    prefetch: 1,
+                    fail_on_error: true,
+                    pin_memory: false,
+                    shard,
+                },
+            )
+            .unwrap()
+        };
+        let whole = loader(None).order(3);
+        let parts: Vec<Vec<usize>> = (0..2)
+            .map(|rank| {
+                loader(Some(Shard {
+                    rank,
+                    world: 2,
+                    pad: true,
+                }))
+                .order(3)
+            })
+            .collect();
+        assert_eq!(
+            parts[0],
+            whole.iter().copied().step_by(2).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            parts[1],
+            whole.iter().copied().skip(1).step_by(2).collect::<Vec<_>>()
+        );
+        let sharded = loader(Some(Shard {
+            rank: 1,
+            world: 2,
+            pad: true,
+        }));
+        assert_eq!(sharded.num_batches(), 3);
     }
 
     #[test]
@@ -389,6 +522,7 @@ mod tests {
             // A panic is not an unreadable sample: it ends the epoch even when skipping.
             fail_on_error: false,
             pin_memory: false,
+            shard: None,
         };
         Loader::new(Arc::new(ds), opts).unwrap()
     }

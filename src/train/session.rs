@@ -253,6 +253,7 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
         prefetch: cfg.data.prefetch,
         fail_on_error: cfg.data.on_error == crate::config::OnError::Fail,
         pin_memory: device.is_cuda(),
+        shard: None,
     };
     let train = Loader::new(splits.train, loader_opts(true))?;
     let val = Loader::new(splits.val, loader_opts(false))?;

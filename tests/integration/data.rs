@@ -151,6 +151,7 @@ fn loader(ds: Arc<dyn Dataset>, workers: usize, fail: bool) -> Loader {
         prefetch: 2,
         fail_on_error: fail,
         pin_memory: false,
+        shard: None,
     };
     Loader::new(ds, opts).unwrap()
 }
