@@ -71,6 +71,22 @@ pub(super) enum RunDir {
 
 /// Builds the run `t` describes.
 pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, Position)> {
+    // Launched as one of several processes (torchrun, srun): the trainer does not share an
+    // epoch across processes yet, and N independent copies would race on one run
+    // directory. Refused before anything is written; a world of one trains as usual.
+    match crate::dist::World::from_env() {
+        Err(e) => bail!("the launch environment: {e}"),
+        Ok(Some(w)) if w.size > 1 => bail!(
+            "launched as rank {} of {} processes ({:?} variables): hondo's trainer does not \
+             train data-parallel yet, and {} copies would write the same run directory; run \
+             one process (unset WORLD_SIZE/RANK, or SLURM_NTASKS=1)",
+            w.rank,
+            w.size,
+            w.launcher,
+            w.size
+        ),
+        Ok(_) => {}
+    }
     let mut cfg = t.config.clone();
     // Named weights (`torchvision:...`, `hf:...`): the cached file, and its preprocessing
     // for the data keys the config leaves at their defaults. A resumed run has its

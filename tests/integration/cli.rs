@@ -350,3 +350,58 @@ fn progress_output_is_coloured_on_a_terminal_unless_no_color() {
         "NO_COLOR: {plain:?}"
     );
 }
+
+#[test]
+fn a_multi_process_launch_is_refused_clearly_until_the_trainer_is_data_parallel() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(d.path(), "tiny.toml", TINY);
+    let out = d.path().join("run");
+    let train = |envs: &[(&str, &str)]| {
+        let mut c = hondo();
+        c.args([
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--set", "train.epochs=1"])
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK")
+        .env_remove("SLURM_NTASKS")
+        .env_remove("SLURM_PROCID");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.assert()
+    };
+    let torchrun = [
+        ("RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ];
+    train(&torchrun).failure().stderr(
+        predicate::str::contains("rank 0 of 2 processes")
+            .and(predicate::str::contains("same run directory"))
+            .and(no_panic()),
+    );
+    train(&[("WORLD_SIZE", "2")])
+        .failure()
+        .stderr(predicate::str::contains("RANK is not").and(no_panic()));
+    train(&[
+        ("SLURM_PROCID", "1"),
+        ("SLURM_NTASKS", "4"),
+        ("SLURM_STEP_NODELIST", "n[1-4]"),
+    ])
+    .failure()
+    .stderr(predicate::str::contains("rank 1 of 4").and(no_panic()));
+    assert!(!out.exists(), "nothing written");
+    // A world of one is an ordinary run.
+    train(&[
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ])
+    .success();
+}
