@@ -4,14 +4,14 @@
 //! and suggest the rate where the smoothed loss falls fastest (Lightning's suggestion).
 //!
 //! Everything is built in memory as [`super::Trainer`] builds it (pretrained weights,
-//! freezing, channels-last, autocast, fp16 loss scaling, per-group rates), and nothing is
-//! written: no run directory, no checkpoint; the weights file it starts from is only read.
+//! freezing, channels-last, autocast, fp16 loss scaling, per-group rates), each step is the
+//! trainer's own forward, backward and update, and nothing is written: no run directory, no checkpoint; the weights file it starts from is only read.
 
 use super::session::{self, RunDir};
 use super::Trainer;
 use crate::config::Config;
 use crate::models::ModelSpec;
-use tch::{Kind, Reduction, Tensor};
+use tch::Kind;
 
 /// How the range test runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +97,6 @@ const BETA: f64 = 0.98;
 
 fn run(t: &mut Trainer, opts: &LrFindOptions) -> anyhow::Result<LrFind> {
     let (mut s, _) = session::prepare(t, RunDir::None)?;
-    let cfg = s.cfg.clone();
     let ratio = (opts.end / opts.start).powf(1.0 / (opts.steps - 1) as f64);
     let (mut lrs, mut losses, mut smoothed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut avg, mut best) = (0.0f64, f64::INFINITY);
@@ -115,35 +114,9 @@ fn run(t: &mut Trainer, opts: &LrFindOptions) -> anyhow::Result<LrFind> {
             let lr = opts.start * ratio.powi(i as i32);
             let x = s.normalize.apply(&batch.images);
             let y = batch.labels.to_device(s.device);
-            let loss = {
-                let _autocast = crate::ops::autocast(cfg.train.precision, s.device)?;
-                let logits = s.model.forward_t(&x, true);
-                logits.f_cross_entropy_loss::<Tensor>(
-                    &y,
-                    None,
-                    Reduction::Mean,
-                    -100,
-                    cfg.train.label_smoothing,
-                )?
-            };
-            match &s.scaler {
-                Some(scaler) => scaler.scale(&loss).backward(),
-                None => loss.backward(),
-            }
-            let grads = s.optimizer.grads();
-            let mut found_inf = None;
-            if let Some(scaler) = &mut s.scaler {
-                found_inf = Some(scaler.unscale(&grads)?.shallow_clone());
-            }
-            if cfg.train.grad_clip > 0.0 {
-                let _ = crate::shim::clip_grad_norm(&grads, cfg.train.grad_clip)?;
-            }
-            s.optimizer.step(lr, found_inf.as_ref())?;
-            if let Some(scaler) = &mut s.scaler {
-                scaler.update();
-            }
-            drop(grads);
-            s.optimizer.zero_grad()?;
+            let (_, loss) = s.forward_loss(&x, &y, None)?;
+            s.backward(&loss);
+            s.update(lr, None)?;
             let value = loss.to_kind(Kind::Double).double_value(&[]);
             lrs.push(lr);
             losses.push(value);

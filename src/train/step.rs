@@ -99,27 +99,9 @@ pub(super) fn train_epoch(
         } else {
             (x, None)
         };
-        let (logits, loss) = {
-            let _autocast = crate::ops::autocast(cfg.train.precision, s.device)?;
-            let logits = s.model.forward_t(&x, true);
-            let loss = match &soft_targets {
-                Some(t) => mix::soft_cross_entropy(&logits, t),
-                None => logits.cross_entropy_loss::<Tensor>(
-                    &y,
-                    None,
-                    Reduction::Mean,
-                    -100,
-                    cfg.train.label_smoothing,
-                ),
-            };
-            (logits, loss)
-        };
+        let (logits, loss) = s.forward_loss(&x, &y, soft_targets.as_ref())?;
         let bad = loss.isfinite().logical_not().to_kind(Kind::Float);
-        let scaled = loss.shallow_clone() / accumulate as f64;
-        match &s.scaler {
-            Some(scaler) => scaler.scale(&scaled).backward(),
-            None => scaled.backward(),
-        }
+        s.backward(&(loss.shallow_clone() / accumulate as f64));
         let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Float);
         pending.push(Pending {
             step: pos.step + 1,
@@ -141,26 +123,14 @@ pub(super) fn train_epoch(
         });
         let last_of_epoch = b == n_batches;
         if b % accumulate == 0 || last_of_epoch {
-            let grads = s.optimizer.grads();
             // Non-zero skips the update on the device: a NaN loss (policy applied when the
             // numbers are read back) or, with fp16, overflowing gradients.
-            let mut skip = window_bad.take().expect("a micro-batch ran");
-            if let Some(scaler) = &mut s.scaler {
-                skip = skip.maximum(scaler.unscale(&grads)?);
-            }
-            if cfg.train.grad_clip > 0.0 {
-                let _norm = crate::shim::clip_grad_norm(&grads, cfg.train.grad_clip)?;
-            }
+            let skip = window_bad.take().expect("a micro-batch ran");
             let lr = cfg.optimizer.lr * s.schedule.factor(pos.step);
-            s.optimizer.step(lr, Some(&skip))?;
-            if let Some(scaler) = &mut s.scaler {
-                scaler.update();
-            }
+            s.update(lr, Some(skip))?;
             if let Some(ema) = &s.ema {
                 ema.update()?;
             }
-            drop(grads);
-            s.optimizer.zero_grad()?;
             pos.step += 1;
             pos.batch = b;
             if let Some(p) = pending.last_mut() {
@@ -188,6 +158,64 @@ pub(super) fn train_epoch(
         skipped,
         images: count.images,
     })
+}
+
+impl Session {
+    /// The forward pass in training mode under the run's autocast, and the training loss:
+    /// cross-entropy with `train.label_smoothing`, or against `soft` (mixed) targets.
+    pub(super) fn forward_loss(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        soft: Option<&Tensor>,
+    ) -> anyhow::Result<(Tensor, Tensor)> {
+        let _autocast = crate::ops::autocast(self.cfg.train.precision, self.device)?;
+        let logits = self.model.forward_t(x, true);
+        let loss = match soft {
+            Some(t) => mix::soft_cross_entropy(&logits, t),
+            None => logits.f_cross_entropy_loss::<Tensor>(
+                y,
+                None,
+                Reduction::Mean,
+                -100,
+                self.cfg.train.label_smoothing,
+            )?,
+        };
+        Ok((logits, loss))
+    }
+
+    /// Backward of `loss`, scaled first under fp16 loss scaling.
+    pub(super) fn backward(&self, loss: &Tensor) {
+        match &self.scaler {
+            Some(scaler) => scaler.scale(loss).backward(),
+            None => loss.backward(),
+        }
+    }
+
+    /// One optimizer update at `lr` from the accumulated gradients: unscaled (fp16, an
+    /// overflow joining `skip`), clipped (`train.grad_clip`), stepped (not where `skip` is
+    /// non-zero: decided on the device), the scaler updated and the gradients cleared.
+    pub(super) fn update(&mut self, lr: f64, skip: Option<Tensor>) -> anyhow::Result<()> {
+        let grads = self.optimizer.grads();
+        let mut skip = skip;
+        if let Some(scaler) = &mut self.scaler {
+            let overflow = scaler.unscale(&grads)?;
+            skip = Some(match skip {
+                Some(s) => s.maximum(overflow),
+                None => overflow.shallow_clone(),
+            });
+        }
+        if self.cfg.train.grad_clip > 0.0 {
+            let _norm = crate::shim::clip_grad_norm(&grads, self.cfg.train.grad_clip)?;
+        }
+        self.optimizer.step(lr, skip.as_ref())?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.update();
+        }
+        drop(grads);
+        self.optimizer.zero_grad()?;
+        Ok(())
+    }
 }
 
 /// Reads the pending micro-batches' numbers from the device in one transfer, applies the
