@@ -110,6 +110,12 @@ pub fn load_embedded(text: &str, file: &str) -> Result<Config, ConfigError> {
     validated(config, file)
 }
 
+/// Checks a config changed after it was loaded (values taken from elsewhere, such as the
+/// preprocessing of named weights) as a loaded one is checked; `source` names the change.
+pub(crate) fn check(config: &Config, source: &str) -> Result<(), ConfigError> {
+    validated(config.clone(), source).map(|_| ())
+}
+
 fn validated(config: Config, file: &str) -> Result<Config, ConfigError> {
     let problems = validate::problems(&config);
     if problems.is_empty() {

@@ -8,6 +8,7 @@ mod load;
 mod overrides;
 mod validate;
 
+pub(crate) use load::check;
 pub use load::{load, load_embedded, load_str, ConfigError};
 pub use overrides::Override;
 

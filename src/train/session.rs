@@ -92,9 +92,9 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
     // for the data keys the config leaves at their defaults. A resumed run has its
     // effective config already.
     let mut hub_note = None;
-    let pretrained_file = match &cfg.model.pretrained {
-        Some(p) if crate::weights::hub::is_name(p) && t.resume.is_none() => {
-            let r = crate::weights::hub::resolve(p, cfg.model.check_hash)
+    let pretrained_file = match cfg.model.pretrained.clone() {
+        Some(p) if crate::weights::hub::is_name(&p) && t.resume.is_none() => {
+            let r = crate::weights::hub::resolve(&p, cfg.model.check_hash)
                 .map_err(crate::weights::WeightsError::from)
                 .with_context(|| format!("model.pretrained = {p:?}"))?;
             if t.model.is_none() && r.arch != cfg.model.arch {
@@ -106,6 +106,8 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
             }
             if let Some(pre) = r.preprocessing {
                 hub_note = apply_preprocessing(&mut cfg, &pre);
+                // The cache's file may claim anything: the ranges hold for it too.
+                crate::config::check(&cfg, &format!("the preprocessing of {p:?}"))?;
             }
             Some(r.path)
         }
@@ -331,22 +333,22 @@ fn apply_preprocessing(
     let default = crate::config::DataConfig::default();
     let d = &mut cfg.data;
     let mut taken = Vec::new();
-    if d.mean == default.mean && d.mean != pre.mean {
-        d.mean = pre.mean;
-        taken.push(format!("data.mean = {:?}", pre.mean));
-    }
-    if d.std == default.std && d.std != pre.std {
-        d.std = pre.std;
-        taken.push(format!("data.std = {:?}", pre.std));
-    }
-    if d.image_size == default.image_size && d.image_size != pre.image_size {
-        d.image_size = pre.image_size;
-        taken.push(format!("data.image_size = {}", pre.image_size));
-    }
-    if d.crop_fraction == default.crop_fraction && d.crop_fraction != pre.crop_fraction {
-        d.crop_fraction = pre.crop_fraction;
-        taken.push(format!("data.crop_fraction = {}", pre.crop_fraction));
-    }
+    take(&mut d.mean, default.mean, pre.mean, "data.mean", &mut taken);
+    take(&mut d.std, default.std, pre.std, "data.std", &mut taken);
+    take(
+        &mut d.image_size,
+        default.image_size,
+        pre.image_size,
+        "data.image_size",
+        &mut taken,
+    );
+    take(
+        &mut d.crop_fraction,
+        default.crop_fraction,
+        pre.crop_fraction,
+        "data.crop_fraction",
+        &mut taken,
+    );
     (!taken.is_empty()).then(|| {
         format!(
             "preprocessing of {}: {}",
@@ -354,6 +356,20 @@ fn apply_preprocessing(
             taken.join(", ")
         )
     })
+}
+
+/// Sets `field` to `value` when it is still at its `default`, saying so in `taken`.
+fn take<T: PartialEq + Copy + std::fmt::Debug>(
+    field: &mut T,
+    default: T,
+    value: T,
+    key: &str,
+    taken: &mut Vec<String>,
+) {
+    if *field == default && *field != value {
+        *field = value;
+        taken.push(format!("{key} = {value:?}"));
+    }
 }
 
 /// Loads `model.pretrained` into the fresh model; a head of another class count is left

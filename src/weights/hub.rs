@@ -205,11 +205,21 @@ pub fn resolve(spec: &str, check_hash: bool) -> Result<Resolved, HubError> {
     }
 }
 
-fn torchvision(spec: &str, rest: &str, check_hash: bool) -> Result<Resolved, HubError> {
+/// torchvision's weights `rest` names (`ARCH[.WEIGHTS]`; no `.WEIGHTS`, or `DEFAULT`, is
+/// the architecture's V2 where there is one, else V1).
+fn torchvision_entry(rest: &str) -> Option<&'static TorchvisionWeights> {
     let (arch_name, weights) = match rest.split_once('.') {
         Some((a, w)) => (a, Some(w)),
         None => (rest, None),
     };
+    TORCHVISION
+        .iter()
+        .filter(|w| w.arch.name() == arch_name)
+        .filter(|w| weights.is_none_or(|n| n == w.name || n == "DEFAULT"))
+        .max_by_key(|w| w.name)
+}
+
+fn torchvision(spec: &str, rest: &str, check_hash: bool) -> Result<Resolved, HubError> {
     let known = || {
         TORCHVISION
             .iter()
@@ -217,17 +227,12 @@ fn torchvision(spec: &str, rest: &str, check_hash: bool) -> Result<Resolved, Hub
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let entry = TORCHVISION
-        .iter()
-        .filter(|w| w.arch.name() == arch_name)
-        .filter(|w| weights.is_none_or(|n| n == w.name || (n == "DEFAULT")))
-        .max_by_key(|w| w.name)
-        .ok_or_else(|| {
-            HubError::UnknownName(format!(
-                "`{spec}` is not one of torchvision's ResNet weights hondo knows ({})",
-                known()
-            ))
-        })?;
+    let entry = torchvision_entry(rest).ok_or_else(|| {
+        HubError::UnknownName(format!(
+            "`{spec}` is not one of torchvision's ResNet weights hondo knows ({})",
+            known()
+        ))
+    })?;
     let dir = torch_hub_checkpoints();
     let path = dir.join(entry.file);
     if !path.is_file() {
@@ -510,14 +515,7 @@ mod tests {
     #[test]
     fn torchvision_names_follow_torchvision() {
         let only = |spec: &str| {
-            let rest = spec.strip_prefix("torchvision:").unwrap();
-            let (a, w) = rest.split_once('.').unwrap_or((rest, "DEFAULT"));
-            TORCHVISION
-                .iter()
-                .filter(|x| x.arch.name() == a)
-                .filter(|x| w == "DEFAULT" || x.name == w)
-                .max_by_key(|x| x.name)
-                .map(|x| x.file)
+            torchvision_entry(spec.strip_prefix("torchvision:").unwrap()).map(|w| w.file)
         };
         assert_eq!(only("torchvision:resnet50"), Some("resnet50-11ad3fa6.pth"));
         assert_eq!(only("torchvision:resnet18"), Some("resnet18-f37072fd.pth"));

@@ -565,3 +565,49 @@ fn weights_by_name_that_are_absent_or_wrong_say_what_to_do() {
         assert!(super::common::no_panic().eval(&err), "{err}");
     }
 }
+
+#[test]
+fn a_snapshot_config_that_claims_out_of_range_preprocessing_is_refused_by_key() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("hf/models--timm--resnet18.bad");
+    let commit = "f".repeat(40);
+    let snapshot = repo.join("snapshots").join(&commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+    std::os::unix::fs::symlink(
+        hub_caches().join("expected.safetensors"),
+        snapshot.join("model.safetensors"),
+    )
+    .unwrap();
+    let cfg = super::common::write(d.path(), "hub.toml", HUB_TRAIN);
+    for (pretrained_cfg, key) in [
+        (r#"{"input_size": [3, 100000, 100000]}"#, "data.image_size"),
+        (r#"{"crop_pct": 0.0}"#, "data.crop_fraction"),
+        (r#"{"std": [0.0, 0.2, 0.2]}"#, "data.std"),
+    ] {
+        let config =
+            format!(r#"{{"architecture": "resnet18", "pretrained_cfg": {pretrained_cfg}}}"#);
+        std::fs::write(snapshot.join("config.json"), config).unwrap();
+        let run = d.path().join("run");
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("hondo"))
+            .args([
+                "train",
+                cfg.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ])
+            .args(["--set", "model.pretrained=\"hf:timm/resnet18.bad\""])
+            .env("HF_HUB_CACHE", d.path().join("hf"))
+            .env_remove("HF_HOME")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{pretrained_cfg}: {err}");
+        assert!(
+            err.contains("preprocessing of \"hf:timm/resnet18.bad\"") && err.contains(key),
+            "{pretrained_cfg}: {err}"
+        );
+        assert!(!run.exists(), "nothing written");
+    }
+}
