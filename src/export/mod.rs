@@ -166,17 +166,14 @@ fn export_impl(
     input: Input,
     spec: Option<&crate::models::ModelSpec>,
 ) -> anyhow::Result<Exported> {
-    let (bytes, meta, tensors, input) = match format {
+    // The file's bytes, its tensor count, and the sidecar's text for the formats that
+    // cannot hold metadata themselves.
+    let (bytes, tensors, side_text) = match format {
         Format::Safetensors => {
             let ckpt = checkpoint::read(checkpoint)?;
             let bytes = tensor_io::serialize(&ckpt.model, metadata(&ckpt.meta))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.display()))?;
-            commit(stage(out, &bytes)?, out)?;
-            return Ok(Exported {
-                path: out.into(),
-                sidecar: None,
-                tensors: ckpt.model.len(),
-            });
+            (bytes, ckpt.model.len(), None)
         }
         Format::Onnx => {
             let ckpt = checkpoint::read(checkpoint)?;
@@ -187,18 +184,17 @@ fn export_impl(
             props.insert("input".into(), input.describe().into());
             let bytes = onnx::to_bytes(&ckpt.model, &ckpt.meta, input == Input::Unit, props)
                 .map_err(named)?;
-            commit(stage(out, &bytes)?, out)?;
-            return Ok(Exported {
-                path: out.into(),
-                sidecar: None,
-                tensors: ckpt.model.len(),
-            });
+            (bytes, ckpt.model.len(), None)
         }
         Format::Ot => {
             let ckpt = checkpoint::read(checkpoint)?;
             let bytes = ot_bytes(&ckpt.model)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-            (bytes, ckpt.meta, ckpt.model.len(), None)
+            (
+                bytes,
+                ckpt.model.len(),
+                Some(sidecar_text(&ckpt.meta, None)?),
+            )
         }
         Format::TorchScript => {
             let restored = match spec {
@@ -206,21 +202,33 @@ fn export_impl(
                 None => checkpoint::restore(checkpoint, Device::Cpu)?,
             };
             let tensors = restored.vs.variables().len();
-            let meta = restored.meta.clone();
+            let text = sidecar_text(&restored.meta, Some(input))?;
             let bytes = traced_bytes(restored, input)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e:#}", out.display()))?;
-            (bytes, meta, tensors, Some(input))
+            (bytes, tensors, Some(text))
         }
     };
-    let sidecar = sidecar_path(out);
-    let text = sidecar_text(&meta, input)?;
+    // Both files staged before either replaces anything.
     let main = stage(out, &bytes)?;
-    let side = stage(&sidecar, text.as_bytes())?;
+    let side = match &side_text {
+        Some(text) => {
+            let path = sidecar_path(out);
+            let staged = stage(&path, text.as_bytes())?;
+            Some((staged, path))
+        }
+        None => None,
+    };
     commit(main, out)?;
-    commit(side, &sidecar)?;
+    let sidecar = match side {
+        Some((staged, path)) => {
+            commit(staged, &path)?;
+            Some(path)
+        }
+        None => None,
+    };
     Ok(Exported {
         path: out.into(),
-        sidecar: Some(sidecar),
+        sidecar,
         tensors,
     })
 }
@@ -235,7 +243,8 @@ fn commit(staged: atomic::Staged, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// Traces a restored model in eval mode (frozen, as `torch.jit.trace` of the eval-mode module) and loads the result.
+/// Traces a restored model in eval mode (frozen, as `torch.jit.trace` of the eval-mode
+/// module) and loads the result.
 pub fn trace(restored: checkpoint::Restored, input: Input) -> crate::Result<tch::CModule> {
     crate::error::boundary(|| {
         let bytes = traced_bytes(restored, input)?;
