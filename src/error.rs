@@ -98,6 +98,26 @@ impl Error {
     }
 }
 
+/// The whole message of an error and its causes, joined with `": "` as anyhow's `{:#}`
+/// does, but leaving out a cause whose message an earlier one already contains (hondo's
+/// errors name their cause themselves, and [`Error::Context`] holds the whole chain), so
+/// nothing is said twice. What the `hondo` binary prints after `error:`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&s);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// Runs internal code (which chains context with anyhow) and converts its error at the
 /// public boundary, keeping the typed cause.
 pub(crate) fn boundary<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T> {
@@ -118,7 +138,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl From<anyhow::Error> for Error {
     /// Keeps the typed cause (and the whole message) of an internal error chain.
     fn from(e: anyhow::Error) -> Error {
-        let message = format!("{e:#}");
+        let message = error_chain(e.as_ref());
         let typed = match e.downcast::<Error>() {
             Ok(t) => Some(t),
             Err(e) => match e.downcast::<CheckpointError>() {
@@ -156,5 +176,23 @@ mod tests {
         assert_eq!(bare.exit_code(), 143);
         let other: Error = anyhow::anyhow!("disk full").context("writing x").into();
         assert!(matches!(&other, Error::Other(m) if m == "writing x: disk full"));
+    }
+
+    #[test]
+    fn a_cause_that_its_error_already_names_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let typed = crate::weights::WeightsError::Io {
+            path: "w.pth".into(),
+            source: io,
+        };
+        let e = anyhow::Error::from(typed).context("model.pretrained = \"w.pth\"");
+        assert_eq!(
+            error_chain(e.as_ref()),
+            "model.pretrained = \"w.pth\": cannot read weights file w.pth: no such file"
+        );
+        let h: Error = e.into();
+        assert_eq!(h.to_string(), error_chain(&h));
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(plain.as_ref()), "outer: inner");
     }
 }

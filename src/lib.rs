@@ -57,7 +57,7 @@ pub mod train;
 pub mod weights;
 
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{error_chain, Error, Result};
 pub use models::ModelSpec;
 pub use observe::Observer;
 pub use train::{Outcome, Summary, Trainer};

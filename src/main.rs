@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let prefix = console::style("error:").red().bold().for_stderr();
-            eprintln!("{prefix} {e:#}");
+            eprintln!("{prefix} {}", hondo::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -47,7 +47,7 @@ enum Command {
     LrFind(lr_find::Args),
     /// Pretrained weights in the torch hub and Hugging Face caches (`weights list`).
     Weights(weights::Args),
-    /// Shell completions: `hondo completions bash > ~/.local/share/bash-completion/completions/hondo`.
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on standard output.
     Completions(completions::Args),
 }
 

@@ -47,24 +47,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let json = a.json;
     let result = run_inner(a);
     if let (true, Err(e)) = (json, &result) {
-        // The summary object of a run that could not start or failed (the run's own
-        // errors were printed by `run_inner`).
-        if !e.is::<Printed>() {
-            let v =
-                serde_json::json!({"outcome": "error", "exit_code": 1, "error": format!("{e:#}")});
-            println!("{v}");
-        }
+        // A run that could not start or failed: its summary says so.
+        let error = hondo::error_chain(e.as_ref());
+        println!(
+            "{}",
+            serde_json::json!({"outcome": "error", "exit_code": 1, "error": error})
+        );
     }
-    result.map_err(|e| match e.downcast::<Printed>() {
-        Ok(Printed(e)) => e.into(),
-        Err(e) => e,
-    })
+    result
 }
-
-/// An error of the run itself whose JSON summary is already printed.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Printed(hondo::Error);
 
 fn run_inner(a: Args) -> anyhow::Result<ExitCode> {
     let stop = StopSignal::install().context("installing signal handlers")?;
@@ -106,11 +97,10 @@ fn run_inner(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = a.resume {
         trainer = trainer.resume(dir);
     }
-    let result = trainer.run();
+    let summary = trainer.run()?;
     if a.json {
-        println!("{}", json_summary(&result));
+        println!("{}", json_summary(&summary));
     }
-    let summary = result.map_err(Printed)?;
 
     let best = summary
         .best
@@ -158,17 +148,7 @@ fn run_inner(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The machine-readable summary of `--json`.
-fn json_summary(result: &hondo::Result<Summary>) -> serde_json::Value {
-    let s = match result {
-        Ok(s) => s,
-        Err(e) => {
-            return serde_json::json!({
-                "outcome": "error",
-                "exit_code": e.exit_code(),
-                "error": e.to_string(),
-            })
-        }
-    };
+fn json_summary(s: &Summary) -> serde_json::Value {
     let (outcome, exit_code) = match s.outcome {
         Outcome::Finished => ("finished", 0),
         Outcome::EarlyStopped => ("early_stopped", 0),

@@ -10,8 +10,8 @@
 //! once per class (tracked by device and inode): a link loop or a second link to the same
 //! directory adds nothing, where torchvision's `os.walk(followlinks=True)` would loop.
 //! Only regular files are samples: a FIFO, socket or device file (or a link to one) with an
-//! image extension is refused when it is read (only regular files are read), so it is skipped with a
-//! warning naming it, or stops the run under `data.on_error = "fail"`, as an undecodable
+//! image extension is refused when it is read (only regular files are read), so it is
+//! skipped with a warning naming it, or stops the run under `data.on_error = "fail"`, as an undecodable
 //! image does; no read ever blocks or exceeds 64 MiB.
 
 use super::decode::decode_path;

@@ -5,7 +5,8 @@
 //!
 //! Everything is built in memory as [`super::Trainer`] builds it (pretrained weights,
 //! freezing, channels-last, autocast, fp16 loss scaling, per-group rates), each step is the
-//! trainer's own forward, backward and update, and nothing is written: no run directory, no checkpoint; the weights file it starts from is only read.
+//! trainer's own forward, backward and update, and nothing is written: no run directory,
+//! no checkpoint; the weights file it starts from is only read.
 
 use super::session::{self, RunDir};
 use super::Trainer;

@@ -95,8 +95,8 @@ impl Trainer {
         self
     }
 
-    /// Starts even when the estimated memory of a training step (parameters, optimizer state, activations, loader queues)
-    /// exceeds the machine's available memory.
+    /// Starts even when the estimated memory of a training step (parameters, optimizer
+    /// state, activations, loader queues) exceeds the machine's available memory.
     pub fn force(mut self, yes: bool) -> Trainer {
         self.force = yes;
         self

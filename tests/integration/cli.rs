@@ -405,3 +405,26 @@ fn a_multi_process_launch_is_refused_clearly_until_the_trainer_is_data_parallel(
     ])
     .success();
 }
+
+#[test]
+fn an_error_says_each_cause_once() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(d.path(), "tiny.toml", TINY);
+    let missing = d.path().join("missing.pth");
+    let out = hondo()
+        .args(["train", cfg.to_str().unwrap(), "--out"])
+        .arg(d.path().join("run"))
+        .args([
+            "--set",
+            &format!("model.pretrained={:?}", missing.to_str().unwrap()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains("missing.pth"), "{err}");
+    assert_eq!(line.matches("No such file").count(), 1, "{line}");
+}
