@@ -94,6 +94,26 @@ pub fn python_fixtures(
     dir
 }
 
+/// Runs `tests/python/{script} ARG` (with `PYTHONPATH=.pydeps`), asserts that it succeeded
+/// and returns the JSON object it printed.
+pub fn python_json(script: &str, arg: &Path) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/python").join(script))
+        .arg(arg)
+        .env("PYTHONPATH", repo().join(".pydeps"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("run python3 (PYTHONPATH=.pydeps) for tests/python/{script}: {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON object: {e}"))
+}
+
 /// No panic message, backtrace or abort text (checked under `RUST_BACKTRACE=1`).
 pub fn no_panic() -> impl Predicate<str> {
     predicate::str::contains("panicked")

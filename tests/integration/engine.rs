@@ -406,22 +406,6 @@ fn kill_9_at_random_moments_never_corrupts_and_resume_finishes() {
     assert_eq!(m.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
 }
 
-/// TensorBoard's EventAccumulator on a run directory (`tests/python/read_tensorboard.py`).
-fn tensorboard_scalars(run: &Path) -> serde_json::Value {
-    let out = Command::new("python3")
-        .arg(repo().join("tests/python/read_tensorboard.py"))
-        .arg(run)
-        .env("PYTHONPATH", repo().join(".pydeps"))
-        .output()
-        .expect("run python3 (PYTHONPATH=.pydeps) for tests/python/read_tensorboard.py");
-    assert!(
-        out.status.success(),
-        "read_tensorboard.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn tensorboard_reads_every_tag_and_step_once_across_a_killed_and_resumed_run() {
     let d = tempfile::tempdir().unwrap();
@@ -448,7 +432,8 @@ fn tensorboard_reads_every_tag_and_step_once_across_a_killed_and_resumed_run() {
         .step;
     train_ok(d.path(), "run", &[], true);
 
-    let tb = tensorboard_scalars(&run);
+    // TensorBoard's own EventAccumulator reads the run directory.
+    let tb = super::common::python_json("read_tensorboard.py", &run);
     assert_eq!(
         tb["files"].as_array().unwrap().len(),
         1,

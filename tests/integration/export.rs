@@ -392,18 +392,7 @@ fn onnx_exports_pass_the_checker_and_match_hondo_in_onnxruntime() {
         export(ckpt, &out, extra);
         onnx_io(ckpt, d.path(), name, *raw);
     }
-    let out = Command::new("python3")
-        .arg(repo().join("tests/python/check_onnx.py"))
-        .arg(d.path())
-        .env("PYTHONPATH", repo().join(".pydeps"))
-        .output()
-        .expect("run python3 (PYTHONPATH=.pydeps) for tests/python/check_onnx.py");
-    assert!(
-        out.status.success(),
-        "check_onnx.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = super::common::python_json("check_onnx.py", d.path());
     let standard = [
         "Add",
         "BatchNormalization",

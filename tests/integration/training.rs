@@ -198,47 +198,36 @@ fn resume_continues_and_matches_an_uninterrupted_run() {
 
 #[test]
 fn lr_find_suggests_a_rate_that_trains_where_100x_does_not_and_writes_nothing_else() {
-    use super::common::{hondo, write};
+    use super::common::{hondo, train_ok, write};
     let d = tempfile::tempdir().unwrap();
     let cfg = write(d.path(), "tiny.toml", super::common::TINY);
+    let cfg = cfg.to_str().unwrap();
     // A checkpoint to start from, which the range test must only read.
     let base = d.path().join("base");
-    let out = hondo()
-        .args([
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            base.to_str().unwrap(),
-        ])
-        .args(["--set", "train.epochs=1", "--quiet"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    train_ok(&[
+        cfg,
+        "--out",
+        base.to_str().unwrap(),
+        "--set",
+        "train.epochs=1",
+        "--quiet",
+    ]);
     let start_from = base.join("last.safetensors");
     let before = std::fs::read(&start_from).unwrap();
     let png = d.path().join("lr.png");
-    let out = hondo()
-        .current_dir(d.path())
-        .args([
-            "lr-find",
-            cfg.to_str().unwrap(),
-            "--json",
-            "--png",
-            png.to_str().unwrap(),
-        ])
-        .args(["--set", "checkpoint.dir=runs"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lr_find = |extra: &[&str]| {
+        hondo()
+            .current_dir(d.path())
+            .args(["lr-find", cfg, "--png", png.to_str().unwrap()])
+            .args(["--set", "checkpoint.dir=runs"])
+            .args(extra)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone()
+    };
+    let r: serde_json::Value = serde_json::from_slice(&lr_find(&["--json"])).unwrap();
     let s = r["suggestion"].as_f64().unwrap();
     let lrs = r["lrs"].as_array().unwrap();
     assert!(lrs.len() >= 10 && lrs.len() <= 100, "{}", lrs.len());
@@ -247,22 +236,7 @@ fn lr_find_suggests_a_rate_that_trains_where_100x_does_not_and_writes_nothing_el
     assert!(!d.path().join("runs").exists(), "no run directory");
     // From a checkpoint: only read.
     let set = format!("model.pretrained={:?}", start_from.to_str().unwrap());
-    let out = hondo()
-        .current_dir(d.path())
-        .args([
-            "lr-find",
-            cfg.to_str().unwrap(),
-            "--png",
-            png.to_str().unwrap(),
-        ])
-        .args(["--set", &set, "--set", "checkpoint.dir=runs"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lr_find(&["--set", &set]);
     assert_eq!(
         std::fs::read(&start_from).unwrap(),
         before,
@@ -273,33 +247,21 @@ fn lr_find_suggests_a_rate_that_trains_where_100x_does_not_and_writes_nothing_el
     // Training briefly at the suggestion converges; at 100x it does not.
     let train_at = |lr: f64, name: &str| -> metrics::EpochMetrics {
         let run = d.path().join(name);
-        let out = hondo()
-            .args([
-                "train",
-                cfg.to_str().unwrap(),
-                "--out",
-                run.to_str().unwrap(),
-            ])
-            .args([
-                "--set",
-                &format!("optimizer.lr={lr}"),
-                "--set",
-                "train.epochs=6",
-            ])
-            .args([
-                "--set",
-                "schedule.name=\"constant\"",
-                "--set",
-                "schedule.warmup_epochs=0",
-            ])
-            .args(["--quiet"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let lr = format!("optimizer.lr={lr}");
+        train_ok(&[
+            cfg,
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            &lr,
+            "--set",
+            "train.epochs=6",
+            "--set",
+            "schedule.name=\"constant\"",
+            "--set",
+            "schedule.warmup_epochs=0",
+            "--quiet",
+        ]);
         metrics::read(&run.join("metrics.jsonl"))
             .unwrap()
             .pop()
