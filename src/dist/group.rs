@@ -18,7 +18,7 @@ pub struct GroupOptions {
     pub world: usize,
     /// Whether this process hosts the store (rank 0, unless a launcher's agent hosts it).
     pub is_server: bool,
-    /// Bound on the rendezvous and on every collective.
+    /// Bound on the rendezvous and on every collective (1 ms to 7 days; longer is 7 days).
     pub timeout: Duration,
     /// Key prefix in the store (`default_pg`, as PyTorch's; a restarted attempt uses its
     /// own so it never reads the previous attempt's keys).
@@ -26,6 +26,11 @@ pub struct GroupOptions {
     /// The network interface Gloo uses (`GLOO_SOCKET_IFNAME`); `None`: this host's default.
     pub interface: Option<String>,
 }
+
+/// The timeouts c10d is given: its milliseconds are an `int64`, so a huge `Duration` would
+/// overflow on the way.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A joined c10d process group with the Gloo backend.
 pub struct ProcessGroup {
@@ -72,7 +77,7 @@ impl ProcessGroup {
                 o.world as i32,
                 i32::from(o.is_server),
                 1,
-                o.timeout.as_secs_f64(),
+                o.timeout.clamp(MIN_TIMEOUT, MAX_TIMEOUT).as_secs_f64(),
                 prefix.as_ptr(),
                 iface.as_ptr(),
                 &mut raw,
@@ -101,7 +106,9 @@ impl ProcessGroup {
     }
 
     /// Overwrites `tensors` on every rank with `root`'s values (coalesced, as DDP's
-    /// start-up broadcast of parameters and buffers).
+    /// start-up broadcast of parameters and buffers). Every rank must pass the same tensors
+    /// in the same order: sort a `VarStore`'s `variables()` by name (it is a `HashMap`,
+    /// whose order differs between processes).
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), DistError> {
         let h = handles(tensors);
         // SAFETY: live tensor handles for the duration of the call.

@@ -13,14 +13,22 @@ pub struct Reducer {
 unsafe impl Send for Reducer {}
 
 impl Reducer {
-    /// A Reducer over `params` (every one must receive a gradient each synchronised step),
-    /// in buckets of `bucket_mib` MiB (PyTorch's default: 25), assigned last layer first.
+    /// A Reducer over `params`, in the same order on every rank (every one must receive a
+    /// gradient each synchronised step),
+    /// in buckets of `bucket_mib` MiB (PyTorch's default: 25; at most 1024), assigned last
+    /// layer first.
     /// It keeps the group alive as long as it lives.
     pub fn new(
         group: &ProcessGroup,
         params: &[&Tensor],
         bucket_mib: f64,
     ) -> Result<Reducer, DistError> {
+        if !(bucket_mib > 0.0 && bucket_mib <= 1024.0) {
+            return Err(DistError {
+                call: "building the gradient reducer".into(),
+                message: format!("bucket size {bucket_mib} MiB: must be in (0, 1024]"),
+            });
+        }
         let h = handles(params);
         let mut raw = std::ptr::null_mut();
         // SAFETY: live handles and an out-pointer; the shim catches every exception.

@@ -94,7 +94,11 @@ fn dist_worker() {
     // Different initial weights on each rank: the broadcast makes them rank 0's.
     let vs = nn::VarStore::new(Device::Cpu);
     let fc = model(&vs, rank as i64);
-    let vars: Vec<Tensor> = vs.variables().into_values().collect();
+    // The same order on every rank: `variables()` is a HashMap, whose order differs
+    // between processes.
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let vars: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
     group
         .broadcast(&vars.iter().collect::<Vec<_>>(), 0)
         .unwrap();
@@ -222,6 +226,31 @@ fn a_lost_peer_is_an_error_naming_it_quickly_not_a_hang() {
         .expect("rank 0's all_reduce fails");
     assert!(e.contains("all_reduce"), "{e}");
     assert!(survivor["seconds"].as_f64().unwrap() < 20.0, "{survivor}");
+}
+
+#[test]
+fn out_of_range_options_are_refused_or_bounded_not_overflowed() {
+    // A timeout past c10d's int64 milliseconds is bounded, not wrapped into the past: the
+    // lone rank still waits (here: is refused when its port is taken) instead of failing
+    // at once on a negative timeout.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut o = options(0, taken.local_addr().unwrap().port(), 1);
+    o.timeout = Duration::MAX;
+    let e = ProcessGroup::new(&o).unwrap_err().to_string();
+    assert!(e.contains("rendezvous at 127.0.0.1"), "{e}");
+    // A group of one to build reducers on.
+    let mut solo = options(0, free_port(), 5);
+    solo.world = 1;
+    let group = ProcessGroup::new(&solo).unwrap();
+    let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    for bad in [0.0, -1.0, f64::NAN, 1e9] {
+        let e = Reducer::new(&group, &[&p], bad)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("bucket size"), "{bad}: {e}");
+    }
+    assert!(Reducer::new(&group, &[&p], 25.0).is_ok());
 }
 
 #[test]
