@@ -12,12 +12,15 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 #include <string>
 #include <vector>
 
 struct HondoGroup {
+  // The TCPStore itself (keys that outlive a restarted attempt) and its prefixed view.
+  c10::intrusive_ptr<c10d::Store> root;
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
 };
@@ -69,6 +72,7 @@ char *hondo_dist_init(const char *host, int port, int rank, int world, int is_se
     pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, backend);
     pg->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
     auto *group = new HondoGroup();
+    group->root = tcp;
     group->store = store;
     group->pg = pg;
     *out = group;
@@ -100,6 +104,57 @@ char *hondo_dist_allreduce(HondoGroup *g, at::Tensor *tensor, int op) {
 // Waits until every rank has arrived.
 char *hondo_dist_barrier(HondoGroup *g) {
   GUARD({ g->pg->barrier()->wait(); })
+}
+
+// A sum over the ranks that autograd differentiates: the gradient of each rank's input is
+// the sum of the ranks' output gradients (SyncBatchNorm's statistics).
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, at::Tensor x,
+                            int64_t group) {
+    ctx->saved_data["group"] = group;
+    return sum_over_ranks(reinterpret_cast<HondoGroup *>(group), x);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto *g = reinterpret_cast<HondoGroup *>(ctx->saved_data["group"].toInt());
+    return {sum_over_ranks(g, grads[0]), at::Tensor()};
+  }
+  static at::Tensor sum_over_ranks(HondoGroup *g, const at::Tensor &x) {
+    std::vector<at::Tensor> t{x.detach().clone(at::MemoryFormat::Contiguous)};
+    g->pg->allreduce(t)->wait();
+    return t[0];
+  }
+};
+
+// `*out` = the sum of `input` over the ranks, differentiable (see AllReduceSum).
+char *hondo_dist_allreduce_autograd(HondoGroup *g, at::Tensor *input, at::Tensor **out) {
+  GUARD({
+    auto r = AllReduceSum::apply(*input, reinterpret_cast<int64_t>(g));
+    *out = new at::Tensor(r);
+  })
+}
+
+// Sets `key` in the store itself (no attempt prefix) to `n` bytes of `value`.
+char *hondo_dist_store_set(HondoGroup *g, const char *key, const uint8_t *value, size_t n) {
+  GUARD({ g->root->set(std::string(key), std::vector<uint8_t>(value, value + n)); })
+}
+
+// `key`'s value in the store itself: `*found` 0 when it is not set (nothing waits for it);
+// else the bytes in `*out` (malloc'ed: free with hondo_free_error) and their count in `*n`.
+char *hondo_dist_store_get(HondoGroup *g, const char *key, int *found, char **out,
+                           size_t *n) {
+  GUARD({
+    std::string k(key);
+    *found = 0;
+    if (!g->root->check({k})) return nullptr;
+    auto v = g->root->get(k);
+    char *buf = static_cast<char *>(std::malloc(v.size() + 1));
+    if (!buf) throw std::bad_alloc();
+    std::memcpy(buf, v.data(), v.size());
+    *out = buf;
+    *n = v.size();
+    *found = 1;
+  })
 }
 
 // DDP's Reducer over `params` (those that receive gradients), buckets of `bucket_mib`

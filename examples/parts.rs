@@ -108,6 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         metrics: BTreeMap::new(),
         best: None,
         epochs_without_improvement: 0,
+        world_size: 1,
         config: hondo::config::Config {
             data: data.clone(),
             model: hondo::config::ModelConfig {

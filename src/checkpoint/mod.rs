@@ -70,8 +70,17 @@ pub struct Meta {
     pub best: Option<(f64, usize)>,
     /// Consecutive epochs without improvement (early stopping).
     pub epochs_without_improvement: usize,
+    /// Processes that trained it (data-parallel world size; 1 for one process): `batch`
+    /// counts each process's batches, so a resume with another world size maps it to its
+    /// own by the images done. Absent in older checkpoints: 1.
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// The effective configuration, as TOML.
     pub config: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A checkpoint read back.
@@ -178,6 +187,16 @@ fn validate_meta(path: &Path, m: &Meta) -> Result<(), CheckpointError> {
     }
     if !m.std.iter().all(|v| v.is_finite() && *v > 0.0) {
         return bad("std", format!("must be finite and > 0, got {:?}", m.std));
+    }
+    if !(1..=crate::dist::MAX_WORLD).contains(&m.world_size) {
+        return bad(
+            "world_size",
+            format!(
+                "must be in 1..={}, got {}",
+                crate::dist::MAX_WORLD,
+                m.world_size
+            ),
+        );
     }
     Ok(())
 }
@@ -513,6 +532,7 @@ mod tests {
             metrics: BTreeMap::from([("val_acc".into(), 0.75)]),
             best: Some((0.75, 3)),
             epochs_without_improvement: 0,
+            world_size: 1,
             config: String::new(),
         }
     }

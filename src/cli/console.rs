@@ -101,8 +101,15 @@ impl Observer for Console {
             Some((e, b)) => format!(", resumed at epoch {} batch {b}", e + 1),
             None => String::new(),
         };
+        let dp = match r.data_parallel {
+            Some(d) => format!(
+                ", data-parallel over {} processes ({}), global batch {}",
+                d.world_size, d.backend, d.global_batch
+            ),
+            None => String::new(),
+        };
         self.println(&format!(
-            "run {}: {} on {} ({} classes, {} train / {} val images), {} epochs of {} steps, device {}, {}{}{resumed}",
+            "run {}: {} on {} ({} classes, {} train / {} val images), {} epochs of {} steps, device {}, {}{}{dp}{resumed}",
             r.run_dir.display(),
             r.model,
             r.data,

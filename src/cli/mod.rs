@@ -7,6 +7,7 @@ mod console;
 mod eval;
 mod export;
 mod info;
+mod launch;
 mod lr_find;
 mod plot;
 mod predict;

@@ -41,9 +41,16 @@ pub struct Args {
     /// stay on standard error); a failed run prints `{"outcome": "error", ...}`.
     #[arg(long)]
     json: bool,
+    /// Data-parallel training in N local processes (1 to 1024), started by hondo itself as
+    /// torchrun would; train.batch_size is per process.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=super::launch::MAX_NPROC as i64))]
+    nproc: Option<u16>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(n) = a.nproc.filter(|&n| n > 1) {
+        return super::launch::run(n as usize, without_nproc(std::env::args_os().skip(1)));
+    }
     let json = a.json;
     let result = run_inner(a);
     if let (true, Err(e)) = (json, &result) {
@@ -98,6 +105,10 @@ fn run_inner(a: Args) -> anyhow::Result<ExitCode> {
         trainer = trainer.resume(dir);
     }
     let summary = trainer.run()?;
+    if summary.rank > 0 {
+        // Data-parallel: rank 0 reports the run.
+        return Ok(exit_code(&summary));
+    }
     if a.json {
         println!("{}", json_summary(&summary));
     }
@@ -141,10 +152,31 @@ fn run_inner(a: Args) -> anyhow::Result<ExitCode> {
         summary.seconds,
         summary.run_dir.display()
     );
-    Ok(match summary.outcome {
+    Ok(exit_code(&summary))
+}
+
+fn exit_code(summary: &Summary) -> ExitCode {
+    match summary.outcome {
         Outcome::Interrupted(code) => ExitCode::from(code as u8),
         _ => ExitCode::SUCCESS,
-    })
+    }
+}
+
+/// The command line for the ranks `--nproc` starts: the same, less `--nproc N`.
+fn without_nproc(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match a.to_str() {
+            Some("--nproc") => skip_value = true,
+            Some(s) if s.starts_with("--nproc=") => {}
+            _ => out.push(a),
+        }
+    }
+    out
 }
 
 /// The machine-readable summary of `--json`.

@@ -488,6 +488,16 @@ pub struct TrainConfig {
     /// bar, NaN check; the step a NaN appeared at is still named exactly). 0: every step on
     /// CPU, where reading costs nothing, and every 20 steps on CUDA.
     pub sync_every: usize,
+    /// Data-parallel training (several processes: torchrun, srun, `hondo train --nproc`):
+    /// seconds the rendezvous and each collective may wait for the other ranks before the
+    /// run stops with an error naming what it waited for, in [1, 86400].
+    pub dist_timeout_s: f64,
+    /// Data-parallel training: MiB of gradients per all-reduce bucket (DDP's
+    /// `bucket_cap_mb`; the first bucket is 1 MiB), in (0, 1024].
+    pub dist_bucket_mib: f64,
+    /// Data-parallel training: BatchNorm statistics over the global batch (all ranks'
+    /// images, as `torch.nn.SyncBatchNorm`) instead of each process's own.
+    pub sync_batchnorm: bool,
 }
 
 /// What a NaN or infinite loss does.
@@ -520,6 +530,9 @@ impl Default for TrainConfig {
             mixup_alpha: 0.0,
             cutmix_alpha: 0.0,
             sync_every: 0,
+            dist_timeout_s: 600.0,
+            dist_bucket_mib: 25.0,
+            sync_batchnorm: false,
         }
     }
 }

@@ -215,6 +215,12 @@ pub fn problems(c: &Config) -> Vec<String> {
     p.range("train.label_smoothing", t.label_smoothing, 0.0..1.0);
     p.range("train.grad_clip", t.grad_clip, 0.0..=1e6);
     p.range("train.ema_decay", t.ema_decay, 0.0..1.0);
+    p.range("train.dist_timeout_s", t.dist_timeout_s, 1.0..=86_400.0);
+    p.range(
+        "train.dist_bucket_mib",
+        t.dist_bucket_mib,
+        above(0.0, 1024.0),
+    );
     p.range("train.mixup_alpha", t.mixup_alpha, 0.0..=100.0);
     p.range("train.cutmix_alpha", t.cutmix_alpha, 0.0..=100.0);
 
@@ -365,6 +371,7 @@ mod tests {
             ("train.label_smoothing", "[0, 1)"),
             ("train.grad_clip", "[0, 1000000]"),
             ("train.ema_decay", "[0, 1)"),
+            ("train.dist_timeout_s", "[1, 86400]"),
             ("schedule.warmup_epochs", "[0, 10000]"),
             ("schedule.warmup_factor", "(0, 1]"),
             ("schedule.gamma", "(0, 1]"),

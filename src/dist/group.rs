@@ -130,6 +130,55 @@ impl ProcessGroup {
         check(e, || "all_reduce (max)".into())
     }
 
+    /// The sum of `t` over the ranks as a new tensor that autograd differentiates: the
+    /// gradient of each rank's `t` is the sum of the ranks' gradients of the result
+    /// (SyncBatchNorm's statistics).
+    pub fn all_reduce_sum_differentiable(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: a live tensor handle and an out-pointer; the shim returns a new tensor.
+        let e =
+            unsafe { ffi::hondo_dist_allreduce_autograd(self.raw, t.as_ptr() as *mut _, &mut out) };
+        check(e, || "all_reduce (differentiable sum)".into())?;
+        // SAFETY: the shim allocated a tensor handle that is now ours.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    /// Sets `key` in the store, outside the group's prefix: keys that a restarted attempt
+    /// of the job (a fresh group on the same launcher's store) still finds.
+    pub fn store_set(&self, key: &str, value: &[u8]) -> Result<(), DistError> {
+        let call = || format!("setting {key:?} in the store");
+        let k = CString::new(key).map_err(|_| DistError {
+            call: call(),
+            message: "the key contains a NUL byte".into(),
+        })?;
+        // SAFETY: a C string and a byte slice valid for the call.
+        let e =
+            unsafe { ffi::hondo_dist_store_set(self.raw, k.as_ptr(), value.as_ptr(), value.len()) };
+        check(e, call)
+    }
+
+    /// `key`'s value in the store (outside the prefix), without waiting: `None` if unset.
+    pub fn store_get(&self, key: &str) -> Result<Option<Vec<u8>>, DistError> {
+        let call = || format!("reading {key:?} from the store");
+        let k = CString::new(key).map_err(|_| DistError {
+            call: call(),
+            message: "the key contains a NUL byte".into(),
+        })?;
+        let (mut found, mut out, mut n) = (0, std::ptr::null_mut(), 0usize);
+        // SAFETY: a C string and out-pointers; a found value is malloc'ed by the shim.
+        let e = unsafe {
+            ffi::hondo_dist_store_get(self.raw, k.as_ptr(), &mut found, &mut out, &mut n)
+        };
+        check(e, call)?;
+        if found == 0 {
+            return Ok(None);
+        }
+        // SAFETY: `out` holds `n` bytes allocated by the shim, freed here once.
+        let v = unsafe { std::slice::from_raw_parts(out as *const u8, n) }.to_vec();
+        unsafe { ffi::hondo_free_error(out) };
+        Ok(Some(v))
+    }
+
     /// Waits until every rank has arrived.
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: the group handle is live.

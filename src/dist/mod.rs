@@ -13,7 +13,22 @@ mod world;
 
 pub use group::{GroupOptions, ProcessGroup};
 pub use reducer::Reducer;
-pub use world::{Launcher, World, WorldError};
+pub use world::{Launcher, World, WorldError, MAX_WORLD};
+
+/// The group SyncBatchNorm layers all-reduce their statistics over (`train.sync_batchnorm`
+/// in a data-parallel run); `None`: every process normalises with its own batch.
+static SYNC_BN: std::sync::RwLock<Option<std::sync::Arc<ProcessGroup>>> =
+    std::sync::RwLock::new(None);
+
+/// Sets (or clears) the SyncBatchNorm group for the models of this process.
+pub(crate) fn set_sync_batchnorm(group: Option<std::sync::Arc<ProcessGroup>>) {
+    *SYNC_BN.write().unwrap_or_else(|e| e.into_inner()) = group;
+}
+
+/// The SyncBatchNorm group, if one is set.
+pub(crate) fn sync_batchnorm_group() -> Option<std::sync::Arc<ProcessGroup>> {
+    SYNC_BN.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 /// A distributed call that failed: the call and c10d's message (a timeout, a peer that
 /// closed the connection, an address in use).
@@ -64,6 +79,24 @@ mod ffi {
         pub fn hondo_dist_allreduce(g: *mut HondoGroup, t: *mut C_tensor, op: c_int)
             -> *mut c_char;
         pub fn hondo_dist_barrier(g: *mut HondoGroup) -> *mut c_char;
+        pub fn hondo_dist_allreduce_autograd(
+            g: *mut HondoGroup,
+            input: *mut C_tensor,
+            out: *mut *mut C_tensor,
+        ) -> *mut c_char;
+        pub fn hondo_dist_store_set(
+            g: *mut HondoGroup,
+            key: *const c_char,
+            value: *const u8,
+            n: usize,
+        ) -> *mut c_char;
+        pub fn hondo_dist_store_get(
+            g: *mut HondoGroup,
+            key: *const c_char,
+            found: *mut c_int,
+            out: *mut *mut c_char,
+            n: *mut usize,
+        ) -> *mut c_char;
         pub fn hondo_reducer_new(
             g: *mut HondoGroup,
             params: *const *mut C_tensor,
@@ -87,18 +120,22 @@ fn check(e: *mut std::ffi::c_char, call: impl FnOnce() -> String) -> Result<(), 
     let full = unsafe { std::ffi::CStr::from_ptr(e) }
         .to_string_lossy()
         .into_owned();
-    // c10::Error appends the C++ stack: the message is what comes before it.
-    let message = full
-        .split("\nException raised from")
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let message = trim_cxx(&full);
     unsafe { ffi::hondo_free_error(e) };
     Err(DistError {
         call: call(),
         message,
     })
+}
+
+/// A C++ exception's message without the stack `c10::Error` appends to it.
+pub(crate) fn trim_cxx(message: &str) -> String {
+    message
+        .split("\nException raised from")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// The raw handles of `tensors`, for the shim.

@@ -46,7 +46,7 @@ pub struct WorldError(pub String);
 /// PyTorch's default store port.
 const DEFAULT_PORT: u16 = 29500;
 /// The largest job hondo accepts.
-const MAX_WORLD: usize = 65_536;
+pub const MAX_WORLD: usize = 65_536;
 
 impl World {
     /// Reads the process environment; `Ok(None)` for a single process.

@@ -113,7 +113,11 @@ impl BatchNorm2d {
     /// channels-last) runs it as one fused op (`csrc/batch_norm_relu.cpp`): two passes over
     /// memory each way instead of up to six. `HONDO_FUSED_BN=0` turns that off.
     pub fn forward_relu_t(&self, xs: &Tensor, residual: Option<&Tensor>, train: bool) -> Tensor {
-        if self.trains(train) && fused_enabled() && fusable(xs, residual) {
+        let sync = self
+            .trains(train)
+            .then(crate::dist::sync_batchnorm_group)
+            .flatten();
+        if sync.is_none() && self.trains(train) && fused_enabled() && fusable(xs, residual) {
             match shim::batch_norm_relu(
                 xs,
                 &self.weight,
@@ -173,10 +177,60 @@ fn fusable(xs: &Tensor, residual: Option<&Tensor>) -> bool {
         && residual.is_none_or(|r| r.kind() == xs.kind() && r.size() == size)
 }
 
+impl BatchNorm2d {
+    /// SyncBatchNorm's training pass (`train.sync_batchnorm` in a data-parallel run): the
+    /// per-channel sum, sum of squares and count of every rank's batch, summed over the
+    /// ranks by a differentiable all-reduce (so the backward pass sums the statistics'
+    /// gradients over the ranks too, as `torch.nn.SyncBatchNorm`), normalise the global
+    /// batch; the running statistics take its mean and unbiased variance.
+    fn forward_sync(&self, xs: &Tensor, group: &crate::dist::ProcessGroup) -> Tensor {
+        self.count_batch();
+        let c = self.weight.size()[0];
+        let x = xs.to_kind(Kind::Float);
+        let dims: &[i64] = &[0, 2, 3];
+        let local = x.size()[0] * x.size()[2] * x.size()[3];
+        let stats = Tensor::cat(
+            &[
+                x.sum_dim_intlist(dims, false, Kind::Double),
+                x.square().sum_dim_intlist(dims, false, Kind::Double),
+                Tensor::from(local as f64)
+                    .reshape([1])
+                    .to_device(x.device()),
+            ],
+            0,
+        );
+        let total = match group.all_reduce_sum_differentiable(&stats) {
+            Ok(t) => t,
+            // A layer's forward cannot return an error: unwind without the panic hook's
+            // report; `Trainer::run` turns it into the run's error.
+            Err(e) => std::panic::resume_unwind(Box::new(format!("SyncBatchNorm: {e}"))),
+        };
+        let n = total.get(2 * c);
+        let mean = total.narrow(0, 0, c) / &n;
+        let var = (total.narrow(0, c, c) / &n - mean.square()).clamp_min(0.0);
+        tch::no_grad(|| {
+            let count = n.double_value(&[]);
+            let unbiased = &var * (count / (count - 1.0).max(1.0));
+            let m = Self::MOMENTUM;
+            let mut rm = self.running_mean.shallow_clone();
+            let mut rv = self.running_var.shallow_clone();
+            rm.copy_(&(&rm * (1.0 - m) + mean.to_kind(rm.kind()) * m));
+            rv.copy_(&(&rv * (1.0 - m) + unbiased.to_kind(rv.kind()) * m));
+        });
+        let shape = [1, c, 1, 1];
+        let scale = (var + Self::EPS).rsqrt().to_kind(Kind::Float) * &self.weight;
+        let shift = &self.bias - mean.to_kind(Kind::Float) * &scale;
+        (x * scale.reshape(shape) + shift.reshape(shape)).to_kind(xs.kind())
+    }
+}
+
 impl nn::ModuleT for BatchNorm2d {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let train = self.trains(train);
         if train {
+            if let Some(group) = crate::dist::sync_batchnorm_group() {
+                return self.forward_sync(xs, &group);
+            }
             self.count_batch();
         }
         Tensor::batch_norm(

@@ -69,6 +69,20 @@ pub struct RunInfo<'a> {
     pub resumed_at: Option<(usize, usize)>,
     /// Optimizer steps already done (non-zero only for a resumed run).
     pub step: usize,
+    /// The data-parallel job, when the run is one (observers run on its rank 0 only).
+    pub data_parallel: Option<DataParallel>,
+}
+
+/// A data-parallel run's shape, as its first line reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataParallel {
+    /// Processes training together.
+    pub world_size: usize,
+    /// The collective backend (`gloo`).
+    pub backend: &'static str,
+    /// Images per optimizer step over all processes (`train.batch_size` is per process,
+    /// times `train.accumulate`).
+    pub global_batch: usize,
 }
 
 /// The start of an epoch's training.

@@ -28,6 +28,7 @@ fn meta(s: &Session, pos: &Position) -> Meta {
         metrics: pos.metrics.clone(),
         best: pos.best,
         epochs_without_improvement: pos.without_improvement,
+        world_size: s.ddp.as_ref().map_or(1, |d| d.size()),
         config: s.cfg.to_toml(),
     }
 }
@@ -49,6 +50,10 @@ pub(super) fn save_kinds(
     pos: &Position,
     kinds: &[CheckpointKind],
 ) -> anyhow::Result<()> {
+    if !s.is_main() {
+        // Data-parallel: rank 0 writes; the other ranks hold the same state.
+        return Ok(());
+    }
     let mut optimizer = s.optimizer.state_tensors();
     if let Some(scaler) = &s.scaler {
         optimizer.extend(scaler.state_tensors());
@@ -82,6 +87,9 @@ pub(super) fn apply_actions(
     pos: &Position,
     actions: &[policy::Action],
 ) -> anyhow::Result<()> {
+    if !s.is_main() {
+        return Ok(());
+    }
     let kinds: Vec<CheckpointKind> = actions
         .iter()
         .filter_map(|a| match a {

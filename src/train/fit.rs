@@ -32,6 +32,10 @@ pub(super) fn fit(
         {
             let n = param_groups::apply_freeze(&s.vs, &[]);
             debug_assert_eq!(n, 0);
+            if let Some(d) = &mut s.ddp {
+                // The Reducer covers the parameters that now train too.
+                d.attach(&s.vs)?;
+            }
             if epoch + 1 == unfreeze_at && pos.batch == 0 {
                 s.observers.message(&format!(
                     "epoch {}: unfreezing {:?}",
@@ -61,6 +65,34 @@ pub(super) fn fit(
             }
         };
         let train_seconds = t0.elapsed().as_secs_f64();
+        let (train_stats, skipped_train, images) = match &s.ddp {
+            // Every rank's counts: the epoch's metrics are the job's, not rank 0's share.
+            Some(d) => {
+                let v = d.sum(&[
+                    train_stats.loss_sum,
+                    train_stats.correct as f64,
+                    train_stats.seen as f64,
+                    skipped_train as f64,
+                    images as f64,
+                ])?;
+                let stats = crate::metrics::Running {
+                    loss_sum: v[0],
+                    correct: v[1] as i64,
+                    seen: v[2] as i64,
+                };
+                (stats, v[3] as usize, v[4] as usize)
+            }
+            None => (train_stats, skipped_train, images),
+        };
+        if let Some(d) = &s.ddp {
+            // Validation (and the checkpoints) see rank 0's BatchNorm statistics and EMA
+            // on every rank, and every rank holds the same weights.
+            d.broadcast_buffers()?;
+            if let Some(ema) = &s.ema {
+                d.broadcast_vars(&ema.vs)?;
+            }
+            d.check_identical(&s.vs, epoch)?;
+        }
         let val = validate(&mut s, false)?;
         let ema = if s.ema.is_some() {
             Some(validate(&mut s, true)?)
@@ -82,7 +114,11 @@ pub(super) fn fit(
             val_acc_ema: ema.as_ref().map(|e| e.report.top1),
         };
         let value = m.get(&monitor).expect("validated monitor");
-        let kept = checkpoint::list_kept(&s.run_dir, &monitor);
+        let kept = if s.is_main() {
+            checkpoint::list_kept(&s.run_dir, &monitor)
+        } else {
+            Vec::new()
+        };
         let actions = policy::plan(
             epoch + 1,
             value,
@@ -133,7 +169,11 @@ pub(super) fn fit(
             outcome = Outcome::EarlyStopped;
             break;
         }
-        if let Some(code) = stop.pending() {
+        let code = match &s.ddp {
+            Some(d) => d.agree_stop(stop.pending())?,
+            None => stop.pending(),
+        };
+        if let Some(code) = code {
             s.observers.message(&format!(
                 "interrupted after epoch {}: resume with: hondo train --resume {}",
                 epoch + 1,
@@ -142,6 +182,13 @@ pub(super) fn fit(
             outcome = Outcome::Interrupted(code);
             break;
         }
+    }
+    if let Some(share) = s.ddp.as_ref().and_then(|d| d.comm_share()) {
+        s.observers.message(&format!(
+            "data-parallel: {:.1}% of forward + backward time spent waiting for the gradients' \
+             all-reduce",
+            share * 100.0
+        ))?;
     }
     s.observers.run_ended(&s.run_dir);
     Ok(Summary {
@@ -152,16 +199,57 @@ pub(super) fn fit(
         best: pos.best,
         monitor,
         seconds: started.elapsed().as_secs_f64(),
+        rank: s.ddp.as_ref().map_or(0, |d| d.rank()),
+        world_size: s.ddp.as_ref().map_or(1, |d| d.size()),
     })
 }
 
 /// Validates the model (or its EMA) with [`crate::evaluate::evaluate`], passing skipped
 /// files on as warnings.
+///
+/// Data-parallel: each rank evaluates its share of the set (possibly none) and the counts
+/// are summed, so the loss and accuracy are exactly those of one evaluation of the set.
 fn validate(s: &mut Session, ema: bool) -> anyhow::Result<Evaluation> {
     let model = match (&s.ema, ema) {
         (Some(e), true) => e.model.as_ref(),
         _ => s.model.as_ref(),
     };
+    if let Some(d) = &s.ddp {
+        let mut e = if s.val.num_batches() > 0 {
+            Some(evaluate(
+                model,
+                &s.val,
+                &s.normalize,
+                s.cfg.train.precision,
+                &s.classes,
+                s.num_classes as usize,
+                false,
+            )?)
+        } else {
+            None
+        };
+        let local = e.as_ref().map_or([0.0; 3], |e| {
+            let n = e.report.images as f64;
+            [n, e.report.loss * n, (e.report.top1 * n).round()]
+        });
+        let v = d.sum(&local)?;
+        if v[0] == 0.0 {
+            anyhow::bail!("the validation set is empty");
+        }
+        let mut e = e.take().unwrap_or_else(|| Evaluation {
+            report: crate::evaluate::Accumulator::new(&s.classes, s.num_classes as usize).report(),
+            skipped: Vec::new(),
+        });
+        e.report.images = v[0] as u64;
+        e.report.loss = v[1] / v[0];
+        e.report.top1 = v[2] / v[0];
+        if !ema {
+            for w in &e.skipped {
+                s.observers.warning(&format!("skipped {w}"))?;
+            }
+        }
+        return Ok(e);
+    }
     let e = evaluate(
         model,
         &s.val,

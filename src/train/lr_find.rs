@@ -97,7 +97,7 @@ pub fn lr_find(
 const BETA: f64 = 0.98;
 
 fn run(t: &mut Trainer, opts: &LrFindOptions) -> anyhow::Result<LrFind> {
-    let (mut s, _) = session::prepare(t, RunDir::None)?;
+    let (mut s, _) = session::prepare(t, RunDir::None, None)?;
     let ratio = (opts.end / opts.start).powf(1.0 / (opts.steps - 1) as f64);
     let (mut lrs, mut losses, mut smoothed) = (Vec::new(), Vec::new(), Vec::new());
     let (mut avg, mut best) = (0.0f64, f64::INFINITY);
@@ -116,7 +116,7 @@ fn run(t: &mut Trainer, opts: &LrFindOptions) -> anyhow::Result<LrFind> {
             let x = s.normalize.apply(&batch.images);
             let y = batch.labels.to_device(s.device);
             let (_, loss) = s.forward_loss(&x, &y, None)?;
-            s.backward(&loss);
+            s.backward(&loss)?;
             s.update(lr, None)?;
             let value = loss.to_kind(Kind::Double).double_value(&[]);
             lrs.push(lr);

@@ -25,6 +25,7 @@
 
 pub(crate) mod amp;
 mod checkpoints;
+mod ddp;
 pub(crate) mod ema;
 mod fit;
 mod lr_find;
@@ -146,13 +147,83 @@ impl Trainer {
 
     fn run_inner(mut self) -> crate::Result<Summary> {
         let started = Instant::now();
+        let ddp = self.join()?;
+        let _sync_bn = SyncBatchNorm::set(ddp.as_ref(), self.config.train.sync_batchnorm);
         let resumed = self.resume.is_some();
-        let (mut s, pos) = session::prepare(&mut self, session::RunDir::Create)?;
+        let (mut s, pos) = session::prepare(&mut self, session::RunDir::Create, ddp)?;
         let mut observers = std::mem::take(&mut s.observers);
         let info = s.run_info(&pos, resumed);
         observers.each("run_started", |o| o.run_started(&info))?;
         s.observers = observers;
         Ok(fit::fit(s, pos, &self.stop, started)?)
+    }
+}
+
+impl Trainer {
+    /// Joins the data-parallel job the environment describes (torchrun, srun, `hondo
+    /// train --nproc`), if any: checks that every rank has the same config, and in a
+    /// restarted attempt (torchrun `--max-restarts`) continues the earlier attempt's run
+    /// directory, from its `last` checkpoint when it has one. Observers are rank 0's only.
+    fn join(&mut self) -> anyhow::Result<Option<ddp::Ddp>> {
+        let world = match crate::dist::World::from_env() {
+            Err(e) => anyhow::bail!("the launch environment: {e}"),
+            Ok(None) => return Ok(None),
+            Ok(Some(w)) => w,
+        };
+        let t = &self.config.train;
+        let d = ddp::Ddp::join(world, t.dist_timeout_s, t.dist_bucket_mib)?;
+        d.check_same_config(&self.config.to_toml())?;
+        // Rank 0 decides where a restarted attempt goes; every rank follows.
+        let mut decision = String::new();
+        if let (Some(dir), None) = (d.earlier_run_dir()?, &self.resume) {
+            let last = std::path::Path::new(&dir).join(crate::checkpoint::LAST);
+            let how = if last.is_file() { "resume" } else { "fresh" };
+            decision = format!("{how}\n{dir}");
+        }
+        let decision = d.share(&decision)?;
+        match decision.split_once('\n') {
+            Some(("resume", dir)) => {
+                self.resume = Some(dir.into());
+                self.out = None;
+                self.observers.message(&format!(
+                    "restart {} of this job: resuming {dir}",
+                    d.world().restart_count
+                ))?;
+            }
+            Some((_, dir)) => {
+                self.out = Some(dir.into());
+                self.overwrite = true;
+            }
+            None => {}
+        }
+        if !d.is_main() {
+            self.observers = Observers::default();
+        }
+        Ok(Some(d))
+    }
+}
+
+/// `train.sync_batchnorm` for the length of a run: hondo's BatchNorm layers all-reduce
+/// their statistics over the job's group while it lives.
+struct SyncBatchNorm(bool);
+
+impl SyncBatchNorm {
+    fn set(ddp: Option<&ddp::Ddp>, on: bool) -> SyncBatchNorm {
+        match ddp {
+            Some(d) if on => {
+                crate::dist::set_sync_batchnorm(Some(d.group().clone()));
+                SyncBatchNorm(true)
+            }
+            _ => SyncBatchNorm(false),
+        }
+    }
+}
+
+impl Drop for SyncBatchNorm {
+    fn drop(&mut self) {
+        if self.0 {
+            crate::dist::set_sync_batchnorm(None);
+        }
     }
 }
 
@@ -184,4 +255,8 @@ pub struct Summary {
     pub monitor: String,
     /// Wall time of this attempt.
     pub seconds: f64,
+    /// This process's rank in a data-parallel job (0 otherwise): only rank 0 wrote.
+    pub rank: usize,
+    /// Processes that trained (1 unless data-parallel).
+    pub world_size: usize,
 }

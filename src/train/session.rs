@@ -3,6 +3,7 @@
 //! resuming. Nothing is written before all of it is built.
 
 use super::amp::{self, Scaler};
+use super::ddp::Ddp;
 use super::ema::Ema;
 use super::optimizer::Optimizer;
 use super::param_groups;
@@ -10,7 +11,7 @@ use super::schedule::Schedule;
 use super::Trainer;
 use crate::checkpoint::{self, atomic};
 use crate::config::{Config, Precision};
-use crate::data::loader::{Loader, LoaderOptions};
+use crate::data::loader::{Loader, LoaderOptions, Shard};
 use crate::data::normalize::Normalize;
 use crate::data::{self, seed};
 use crate::device;
@@ -59,6 +60,15 @@ pub(super) struct Session {
     pub mixing: Mixing,
     /// Optimizer steps between reads of the device's numbers.
     pub sync_every: usize,
+    /// The data-parallel job this process is a rank of.
+    pub ddp: Option<Ddp>,
+}
+
+impl Session {
+    /// Whether this process writes (the only one, or rank 0 of a data-parallel job).
+    pub(super) fn is_main(&self) -> bool {
+        self.ddp.as_ref().is_none_or(Ddp::is_main)
+    }
 }
 
 /// Whether [`prepare`] creates the run directory (training) or touches nothing on disk
@@ -70,23 +80,17 @@ pub(super) enum RunDir {
 }
 
 /// Builds the run `t` describes.
-pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, Position)> {
-    // Launched as one of several processes (torchrun, srun): the trainer does not share an
-    // epoch across processes yet, and N independent copies would race on one run
-    // directory. Refused before anything is written; a world of one trains as usual.
-    match crate::dist::World::from_env() {
-        Err(e) => bail!("the launch environment: {e}"),
-        Ok(Some(w)) if w.size > 1 => bail!(
-            "launched as rank {} of {} processes ({:?} variables): hondo's trainer does not \
-             train data-parallel yet, and {} copies would write the same run directory; run \
-             one process (unset WORLD_SIZE/RANK, or SLURM_NTASKS=1)",
-            w.rank,
-            w.size,
-            w.launcher,
-            w.size
-        ),
-        Ok(_) => {}
-    }
+///
+/// In a data-parallel job (`ddp`), every rank builds the same run; only rank 0 creates the
+/// run directory and writes to it, the other ranks learn its path from rank 0. Rank 0's
+/// weights (after pretrained weights and a resume are loaded) overwrite every rank's.
+pub(super) fn prepare(
+    t: &mut Trainer,
+    dir: RunDir,
+    mut ddp: Option<Ddp>,
+) -> anyhow::Result<(Session, Position)> {
+    let main = ddp.as_ref().is_none_or(Ddp::is_main);
+    let world = ddp.as_ref().map_or(1, Ddp::size);
     let mut cfg = t.config.clone();
     // Named weights (`torchvision:...`, `hf:...`): the cached file, and its preprocessing
     // for the data keys the config leaves at their defaults. A resumed run has its
@@ -175,7 +179,7 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
     models::check_unique_names(&vs)?;
 
     let mut observers = std::mem::take(&mut t.observers);
-    if cfg.checkpoint.tensorboard {
+    if cfg.checkpoint.tensorboard && main {
         observers.0.push(Box::new(crate::observe::TensorBoard::new(
             cfg.checkpoint.tensorboard_every_steps,
         )));
@@ -192,7 +196,9 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
     }
 
     let mut pos = Position::default();
+    let mut resumed_world = 1;
     if let Some(ckpt) = &resume {
+        resumed_world = ckpt.meta.world_size;
         if ckpt.meta.arch != spec.name() {
             return Err(
                 crate::Error::Checkpoint(checkpoint::CheckpointError::OtherModel {
@@ -250,6 +256,16 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
                 .context("loading the checkpoint's EMA weights")?;
         }
     }
+    if let Some(d) = &ddp {
+        // DDP's start: rank 0's parameters and buffers (and EMA) everywhere.
+        d.broadcast_vars(&vs)?;
+        if let Some(ema) = &ema {
+            d.broadcast_vars(&ema.vs)?;
+        }
+    }
+    if let Some(d) = &mut ddp {
+        d.attach(&vs)?;
+    }
     let mixing = Mixing {
         mixup_alpha: cfg.train.mixup_alpha,
         cutmix_alpha: cfg.train.cutmix_alpha,
@@ -262,6 +278,15 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
         n => n,
     };
 
+    // Each rank's share of an epoch: padded in training (every rank steps as often),
+    // exact in validation (every image counted once).
+    let shard = |pad: bool| {
+        ddp.as_ref().map(|d| Shard {
+            rank: d.rank(),
+            world: d.size(),
+            pad,
+        })
+    };
     let loader_opts = |shuffle: bool| LoaderOptions {
         batch_size: cfg.train.batch_size,
         shuffle,
@@ -271,16 +296,33 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
         prefetch: cfg.data.prefetch,
         fail_on_error: cfg.data.on_error == crate::config::OnError::Fail,
         pin_memory: device.is_cuda(),
-        shard: None,
+        shard: shard(shuffle),
     };
     let train = Loader::new(splits.train, loader_opts(true))?;
     let val = Loader::new(splits.val, loader_opts(false))?;
     let steps_per_epoch = train.num_batches().div_ceil(cfg.train.accumulate);
+    if t.resume.is_some() && resumed_world != world {
+        // `batch` counted the batches of each of `resumed_world` processes: continue after
+        // as many images (the same ones: a rank's share interleaves the epoch's order), at
+        // an accumulation boundary; the step count (and so the schedule) is this world's.
+        let acc = cfg.train.accumulate;
+        let images = pos.batch * cfg.train.batch_size * resumed_world;
+        let mut batch = (images / (cfg.train.batch_size * world)).min(train.num_batches());
+        batch -= batch % acc;
+        observers.message(&format!(
+            "resuming a run of {resumed_world} process(es) with {world}: epoch {}, batch {} \
+             becomes batch {batch}",
+            pos.epoch + 1,
+            pos.batch
+        ))?;
+        pos.batch = batch;
+        pos.step = pos.epoch * steps_per_epoch + batch / acc;
+    }
     let schedule = Schedule::new(&cfg.schedule, steps_per_epoch, cfg.train.epochs);
     let normalize = Normalize::new(cfg.data.mean, cfg.data.std, device, cfg.train.channels_last);
 
     let run_dir = match (&t.resume, &t.out) {
-        _ if dir == RunDir::None => PathBuf::new(),
+        _ if dir == RunDir::None || !main => PathBuf::new(),
         (Some(dir), _) => dir.clone(),
         (None, Some(out)) => crate::run_dir::create_exact(out, t.overwrite)?,
         (None, None) => {
@@ -292,11 +334,19 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
             crate::run_dir::create_fresh(Path::new(&cfg.checkpoint.dir), &name)?
         }
     };
-    if dir == RunDir::Create {
+    if dir == RunDir::Create && main {
         crate::run_dir::probe_writable(&run_dir)?;
         atomic::write(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())
             .with_context(|| format!("cannot write {}", run_dir.join("config.toml").display()))?;
     }
+    let run_dir = match &ddp {
+        Some(d) => {
+            let shared = PathBuf::from(d.share(&run_dir.to_string_lossy())?);
+            d.remember_run_dir(&shared.to_string_lossy())?;
+            shared
+        }
+        None => run_dir,
+    };
 
     Ok((
         Session {
@@ -319,6 +369,7 @@ pub(super) fn prepare(t: &mut Trainer, dir: RunDir) -> anyhow::Result<(Session, 
             scaler,
             mixing,
             sync_every,
+            ddp,
         },
         pos,
     ))
@@ -432,6 +483,11 @@ impl Session {
             channels_last: self.cfg.train.channels_last,
             resumed_at: resumed.then_some((pos.epoch, pos.batch)),
             step: pos.step,
+            data_parallel: self.ddp.as_ref().map(|d| crate::observe::DataParallel {
+                world_size: d.size(),
+                backend: "gloo",
+                global_batch: d.size() * self.cfg.train.batch_size * self.cfg.train.accumulate,
+            }),
         }
     }
 }

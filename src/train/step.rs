@@ -33,7 +33,8 @@ struct Pending {
     n: i64,
     /// The learning rate, when this micro-batch ended an optimizer step.
     lr: Option<f64>,
-    /// float `[3]`: mean loss, correct predictions, 1 if the loss was NaN or infinite.
+    /// float `[4]`: mean loss, correct predictions, 1 if the loss was NaN or infinite, 1 if
+    /// another rank's was (data-parallel: the step is skipped everywhere).
     values: Tensor,
 }
 
@@ -81,14 +82,34 @@ pub(super) fn train_epoch(
         b += 1;
         let n = batch.labels.size()[0];
         if n == 0 {
+            if let Some(d) = &s.ddp {
+                // The other ranks step on this batch: skipping it here would desynchronise
+                // their collectives.
+                anyhow::bail!(
+                    "epoch {} batch {b}: no image of this batch could be read on rank {}, and \
+                     in data-parallel training every rank must step (fix or remove the files \
+                     warned about above)",
+                    epoch + 1,
+                    d.rank()
+                );
+            }
             continue;
         }
         // Every random draw of the step (dropout, mixing) derives from the step number, so
-        // a resumed run repeats it exactly.
-        tch::manual_seed(
-            seed::combine(&[cfg.train.seed, seed::tag::STEP, pos.step as u64, b as u64]) as i64
-                & i64::MAX,
-        );
+        // a resumed run repeats it exactly; data-parallel ranks draw their own.
+        let rank = s
+            .ddp
+            .as_ref()
+            .filter(|d| d.size() > 1)
+            .map(|d| d.rank() as u64);
+        let mut parts = vec![cfg.train.seed, seed::tag::STEP, pos.step as u64, b as u64];
+        parts.extend(rank);
+        tch::manual_seed(seed::combine(&parts) as i64 & i64::MAX);
+        let last_of_epoch = b == n_batches;
+        let syncs = b % accumulate == 0 || last_of_epoch;
+        if let Some(d) = &mut s.ddp {
+            d.before_forward(syncs)?;
+        }
         let x = s.normalize.apply(&batch.images);
         let y = batch.labels.to_device(s.device);
         let (x, soft_targets) = if s.mixing.enabled() {
@@ -101,7 +122,10 @@ pub(super) fn train_epoch(
         };
         let (logits, loss) = s.forward_loss(&x, &y, soft_targets.as_ref())?;
         let bad = loss.isfinite().logical_not().to_kind(Kind::Float);
-        s.backward(&(loss.shallow_clone() / accumulate as f64));
+        s.backward(&(loss.shallow_clone() / accumulate as f64))?;
+        if let (true, Some(d)) = (syncs, &mut s.ddp) {
+            d.after_backward()?;
+        }
         let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Float);
         pending.push(Pending {
             step: pos.step + 1,
@@ -113,6 +137,7 @@ pub(super) fn train_epoch(
                     loss.detach().to_kind(Kind::Float),
                     correct,
                     bad.shallow_clone(),
+                    Tensor::zeros_like(&bad),
                 ],
                 0,
             ),
@@ -121,11 +146,24 @@ pub(super) fn train_epoch(
             None => bad,
             Some(w) => w.maximum(&bad),
         });
-        let last_of_epoch = b == n_batches;
-        if b % accumulate == 0 || last_of_epoch {
+        if syncs {
             // Non-zero skips the update on the device: a NaN loss (policy applied when the
             // numbers are read back) or, with fp16, overflowing gradients.
-            let skip = window_bad.take().expect("a micro-batch ran");
+            let mut skip = window_bad.take().expect("a micro-batch ran");
+            let stop_here = if last_of_epoch { None } else { stop.pending() };
+            // Data-parallel: every rank skips if any rank's loss was not finite, and stops
+            // if any rank was signalled.
+            let stop_now = match &s.ddp {
+                Some(d) => {
+                    let (agreed, code) = d.agree(&skip, stop_here)?;
+                    if let Some(p) = pending.last_mut() {
+                        p.values.get(3).copy_(&agreed);
+                    }
+                    skip = agreed;
+                    code
+                }
+                None => stop_here,
+            };
             let lr = cfg.optimizer.lr * s.schedule.factor(pos.step);
             s.update(lr, Some(skip))?;
             if let Some(ema) = &s.ema {
@@ -139,7 +177,6 @@ pub(super) fn train_epoch(
             let save_now = cfg.checkpoint.every_steps > 0
                 && pos.step % cfg.checkpoint.every_steps == 0
                 && !last_of_epoch;
-            let stop_now = if last_of_epoch { None } else { stop.pending() };
             if last_of_epoch || save_now || stop_now.is_some() || pos.step % s.sync_every == 0 {
                 // Before anything is saved: a NaN never reaches a checkpoint.
                 read_back(s, &mut pending, &mut count, epoch)?;
@@ -184,12 +221,16 @@ impl Session {
         Ok((logits, loss))
     }
 
-    /// Backward of `loss`, scaled first under fp16 loss scaling.
-    pub(super) fn backward(&self, loss: &Tensor) {
-        match &self.scaler {
-            Some(scaler) => scaler.scale(loss).backward(),
-            None => loss.backward(),
-        }
+    /// Backward of `loss`, scaled first under fp16 loss scaling (in a data-parallel run,
+    /// the Reducer all-reduces the gradients during it: a lost peer is an error here).
+    pub(super) fn backward(&self, loss: &Tensor) -> anyhow::Result<()> {
+        let loss = match &self.scaler {
+            Some(scaler) => scaler.scale(loss),
+            None => loss.shallow_clone(),
+        };
+        loss.f_backward().map_err(|e| {
+            anyhow::anyhow!("backward pass: {}", crate::dist::trim_cxx(&e.to_string()))
+        })
     }
 
     /// One optimizer update at `lr` from the accumulated gradients: unscaled (fp16, an
@@ -237,10 +278,18 @@ fn read_back(
             .flatten(0, -1),
     )
     .map_err(|e| anyhow::anyhow!("reading the step's numbers from the device: {e}"))?;
-    for (p, v) in pending.iter().zip(values.chunks_exact(3)) {
-        let (loss, correct, bad) = (v[0] as f64, v[1] as i64, v[2] != 0.0);
+    for (p, v) in pending.iter().zip(values.chunks_exact(4)) {
+        let (loss, correct, bad) = (v[0] as f64, v[1] as i64, v[2] != 0.0 || v[3] != 0.0);
+        let elsewhere = if v[2] == 0.0 { " on another rank" } else { "" };
         if bad {
             match s.cfg.train.on_nonfinite {
+                NonFinite::Stop if !elsewhere.is_empty() => anyhow::bail!(
+                    "non-finite loss{elsewhere} at step {} (epoch {}, batch {}): stopping \
+                     (train.on_nonfinite = \"stop\"); the last checkpoint is kept",
+                    p.step,
+                    epoch + 1,
+                    p.batch
+                ),
                 NonFinite::Stop => {
                     return Err(crate::Error::Diverged {
                         loss,
@@ -252,7 +301,7 @@ fn read_back(
                     .into())
                 }
                 NonFinite::Skip => s.observers.warning(&format!(
-                    "non-finite loss at step {} (epoch {}, batch {}): step skipped",
+                    "non-finite loss{elsewhere} at step {} (epoch {}, batch {}): step skipped",
                     p.step,
                     epoch + 1,
                     p.batch

@@ -352,7 +352,7 @@ fn progress_output_is_coloured_on_a_terminal_unless_no_color() {
 }
 
 #[test]
-fn a_multi_process_launch_is_refused_clearly_until_the_trainer_is_data_parallel() {
+fn a_launch_environment_that_contradicts_itself_is_refused_before_anything_is_written() {
     let d = tempfile::tempdir().unwrap();
     let cfg = write(d.path(), "tiny.toml", TINY);
     let out = d.path().join("run");
@@ -374,36 +374,48 @@ fn a_multi_process_launch_is_refused_clearly_until_the_trainer_is_data_parallel(
         }
         c.assert()
     };
-    let torchrun = [
-        ("RANK", "0"),
-        ("WORLD_SIZE", "2"),
-        ("MASTER_ADDR", "127.0.0.1"),
-        ("MASTER_PORT", "29500"),
-    ];
-    train(&torchrun).failure().stderr(
-        predicate::str::contains("rank 0 of 2 processes")
-            .and(predicate::str::contains("same run directory"))
-            .and(no_panic()),
-    );
     train(&[("WORLD_SIZE", "2")])
         .failure()
         .stderr(predicate::str::contains("RANK is not").and(no_panic()));
-    train(&[
-        ("SLURM_PROCID", "1"),
-        ("SLURM_NTASKS", "4"),
-        ("SLURM_STEP_NODELIST", "n[1-4]"),
-    ])
-    .failure()
-    .stderr(predicate::str::contains("rank 1 of 4").and(no_panic()));
+    train(&[("RANK", "0")])
+        .failure()
+        .stderr(predicate::str::contains("WORLD_SIZE is not").and(no_panic()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    fn torchrun<'a>(rank: &'a str, port: &'a str) -> Vec<(&'static str, &'a str)> {
+        vec![
+            ("RANK", rank),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", port),
+        ]
+    }
+    train(&torchrun("2", &port))
+        .failure()
+        .stderr(predicate::str::contains("not below the world size").and(no_panic()));
+    train(&torchrun("0", "0"))
+        .failure()
+        .stderr(predicate::str::contains("MASTER_PORT").and(no_panic()));
+    // --nproc inside a launched rank would start processes of processes.
+    let mut nested = torchrun("0", &port);
+    nested[1].1 = "1";
+    let mut c = hondo();
+    c.args(["train", cfg.to_str().unwrap(), "--nproc", "2"]);
+    for (k, v) in &nested {
+        c.env(k, v);
+    }
+    c.assert()
+        .failure()
+        .stderr(predicate::str::contains("use either a launcher or --nproc").and(no_panic()));
     assert!(!out.exists(), "nothing written");
-    // A world of one is an ordinary run.
-    train(&[
-        ("RANK", "0"),
-        ("WORLD_SIZE", "1"),
-        ("MASTER_ADDR", "127.0.0.1"),
-        ("MASTER_PORT", "29500"),
-    ])
-    .success();
+    // A world of one is an ordinary run (its own store, no peers).
+    let mut one = torchrun("0", &port);
+    one[1].1 = "1";
+    train(&one).success();
 }
 
 #[test]

@@ -309,3 +309,19 @@ pub fn train_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     );
     err
 }
+
+/// MNIST's four IDX files with `n` train and `n` test digits of 28x28.
+pub fn mnist_fixture(dir: &Path, n: usize) {
+    for prefix in ["train", "t10k"] {
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n as u32, 28, 28] {
+            images.extend_from_slice(&d.to_be_bytes());
+        }
+        images.extend((0..n * 784).map(|i| (i % 251) as u8));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend_from_slice(&(n as u32).to_be_bytes());
+        labels.extend((0..n).map(|i| (i % 10) as u8));
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}

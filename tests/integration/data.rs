@@ -2,6 +2,7 @@
 //! bad files mixed in, MNIST and CIFAR-10 fixtures in their binary formats, all written here
 //! into temporary directories, read through `data::build` and the parallel loader.
 
+use crate::common::mnist_fixture;
 use hondo::config::{DataConfig, DataKind, OnError};
 use hondo::data::decode::decode_file;
 use hondo::data::loader::{Loader, LoaderOptions};
@@ -359,22 +360,6 @@ fn one_root_is_split_by_val_fraction_per_class() {
     assert_eq!((splits.train.len(), splits.val.len()), (12, 3));
     let (val, _) = run_epoch(&loader(splits.val, 1, true), 0);
     assert_eq!(sorted_labels(&val), [0, 0, 1]);
-}
-
-/// MNIST's four IDX files with `n` train and `n` test digits of 28x28.
-fn mnist_fixture(dir: &Path, n: usize) {
-    for prefix in ["train", "t10k"] {
-        let mut images = vec![0, 0, 8, 3];
-        for d in [n as u32, 28, 28] {
-            images.extend_from_slice(&d.to_be_bytes());
-        }
-        images.extend((0..n * 784).map(|i| (i % 251) as u8));
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        let mut labels = vec![0, 0, 8, 1];
-        labels.extend_from_slice(&(n as u32).to_be_bytes());
-        labels.extend((0..n).map(|i| (i % 10) as u8));
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-    }
 }
 
 #[test]

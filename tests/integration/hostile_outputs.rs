@@ -75,6 +75,7 @@ fn checkpoint_with(
         metrics: BTreeMap::new(),
         best: None,
         epochs_without_improvement: 0,
+        world_size: 1,
         config: CONFIG.into(),
     };
     let path = dir.join(name);

@@ -5,6 +5,7 @@ mod common;
 mod cli;
 mod config_errors;
 mod data;
+mod ddp;
 mod dist;
 mod engine;
 mod examples;
