@@ -11,12 +11,20 @@
 //! parameter, as `torch.optim.SGD` with one group), with the trainer's autocast and
 //! channels-last layout when asked. Prints one JSON line with the seconds
 //! of each timed step and the peak resident set size (`VmHWM` of /proc/self/status).
+//!
+//! Launched as a rank (torchrun's `WORLD_SIZE`, `RANK`, ...: `scripts/bench/ddp.sh`), each
+//! step is what hondo's trainer does in data-parallel training: rank 0's buffers broadcast,
+//! the Reducer readied, forward, backward (gradients all-reduced in buckets during it), one
+//! small all-reduce that agrees on skipping and stopping, the optimizer step. `--batch` is
+//! per process; only rank 0 prints, adding the share of forward + backward time spent
+//! waiting for the all-reduce (the Reducer's timers).
 
 use hondo::config::{Arch, ModelConfig, OptimizerConfig, OptimizerKind, Precision};
+use hondo::dist::{GroupOptions, ProcessGroup, Reducer, World};
 use hondo::models::Model;
 use hondo::ops as amp;
 use hondo::train::{optimizer::Optimizer, param_groups, to_channels_last};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -104,6 +112,74 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The data-parallel side of a step, as the trainer's (`src/train/ddp.rs`) through the
+/// public `hondo::dist` API.
+struct Ddp {
+    group: ProcessGroup,
+    reducer: Reducer,
+    buffers: Vec<Tensor>,
+    compute_ns: i64,
+    wait_ns: i64,
+}
+
+impl Ddp {
+    fn join(vs: &VarStore) -> Option<Ddp> {
+        let w = World::from_env().expect("launch environment")?;
+        let group = ProcessGroup::new(&GroupOptions {
+            host: w.master_addr.clone(),
+            port: w.master_port,
+            rank: w.rank,
+            world: w.size,
+            is_server: w.rank == 0 && !w.agent_store,
+            timeout: Duration::from_secs(600),
+            prefix: "default_pg/bench".into(),
+            interface: w.interface.clone(),
+        })
+        .expect("rendezvous");
+        let mut all: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let trainable = vs.trainable_variables();
+        let refs: Vec<&Tensor> = all.iter().map(|(_, t)| t).collect();
+        group.broadcast(&refs, 0).expect("broadcast");
+        let params: Vec<&Tensor> = trainable.iter().collect();
+        let reducer = Reducer::new(&group, &params, 25.0).expect("reducer");
+        let buffers = all
+            .into_iter()
+            .filter(|(_, t)| !trainable.iter().any(|v| v.is_set_to(t)))
+            .map(|(_, t)| t)
+            .collect();
+        Some(Ddp {
+            group,
+            reducer,
+            buffers,
+            compute_ns: 0,
+            wait_ns: 0,
+        })
+    }
+
+    fn before_forward(&self) {
+        let refs: Vec<&Tensor> = self.buffers.iter().collect();
+        self.group.broadcast(&refs, 0).expect("broadcast buffers");
+        self.reducer.rebuild_buckets().expect("rebuild");
+        self.reducer.prepare().expect("prepare");
+    }
+
+    /// The trainer's agreement on skipping (a non-finite loss anywhere) and stopping.
+    fn after_backward(&mut self, loss: &Tensor) -> Tensor {
+        let [fwd, bwd, comm, overlap] = self.reducer.backward_stats().expect("timers");
+        self.compute_ns += fwd.max(0) + bwd.max(0);
+        self.wait_ns += (comm - overlap).max(0);
+        let bad = loss
+            .isfinite()
+            .logical_not()
+            .to_kind(Kind::Double)
+            .reshape([1]);
+        let flags = Tensor::cat(&[bad, Tensor::zeros([1], (Kind::Double, Device::Cpu))], 0);
+        self.group.all_reduce_max(&flags).expect("all_reduce");
+        flags.get(0).to_kind(Kind::Float)
+    }
+}
+
 fn main() {
     hondo::allocator::install();
     let a = parse().unwrap_or_else(|e| {
@@ -144,6 +220,7 @@ fn main() {
         x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
     }
     let y = Tensor::randint(a.classes, [a.batch], (Kind::Int64, a.device));
+    let mut ddp = Ddp::join(&vs);
 
     // Libraries, model, optimizer and data, before the first step.
     let start_rss = status_kib("VmRSS:");
@@ -153,12 +230,16 @@ fn main() {
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
         opt.zero_grad().expect("zero_grad");
+        if let Some(d) = &ddp {
+            d.before_forward();
+        }
         let l = {
             let _autocast = amp::autocast(a.precision, a.device).expect("autocast");
             model.forward_t(&x, true).cross_entropy_for_logits(&y)
         };
         l.backward();
-        opt.step(opt_cfg.lr, None).expect("optimizer step");
+        let skip = ddp.as_mut().map(|d| d.after_backward(&l));
+        opt.step(opt_cfg.lr, skip.as_ref()).expect("optimizer step");
         loss = l.double_value(&[]);
         let took = t0.elapsed().as_secs_f64();
         first_step.get_or_insert(took);
@@ -166,12 +247,20 @@ fn main() {
             seconds.push(took);
         }
     }
+    let (world, wait_share) = match &ddp {
+        Some(d) if d.group.rank() > 0 => return,
+        Some(d) => (
+            d.group.world(),
+            d.wait_ns as f64 / (d.compute_ns + d.wait_ns).max(1) as f64,
+        ),
+        None => (1, 0.0),
+    };
     let mut sorted = seconds.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
     println!(
         "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \"precision\": \"{:?}\", \"channels_last\": {}, \"lr\": {}, \
-         \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"first_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}}}",
+         \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"first_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}, \"world\": {world}, \"comm_wait_share\": {wait_share:.4}}}",
         a.arch.name(),
         a.batch,
         a.size,

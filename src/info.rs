@@ -31,6 +31,8 @@ pub struct Info {
     pub cudnn_available: bool,
     /// One `cuda:N NAME` entry per CUDA device; empty without CUDA.
     pub cuda_devices: Vec<String>,
+    /// The collective backends for data-parallel training ([`crate::dist::backends`]).
+    pub distributed: Vec<String>,
     /// libtorch's intra-op thread count.
     pub threads: i32,
     /// libtorch's inter-op thread count.
@@ -69,6 +71,7 @@ pub fn info() -> Info {
                 )
             })
             .collect(),
+        distributed: crate::dist::backends(),
         threads: tch::get_num_threads(),
         interop_threads: tch::get_num_interop_threads(),
     }
@@ -91,6 +94,9 @@ impl std::fmt::Display for Info {
             writeln!(f, "  {d}")?;
         }
         writeln!(f, "cudnn     {}", yes(self.cudnn_available))?;
+        for (i, b) in self.distributed.iter().enumerate() {
+            writeln!(f, "{}{b}", if i == 0 { "dist      " } else { "          " })?;
+        }
         writeln!(
             f,
             "threads   {} intra-op, {} inter-op",

@@ -15,10 +15,15 @@ resident set size (VmHWM of /proc/self/status). `--compile` trains `torch.compil
 (inductor): the warm-up steps then include compilation, reported apart as
 `first_step_seconds` (the first step) and `warmup_seconds` (all warm-up steps); the timed
 steps are the steady state.
+
+Launched as a rank (torchrun: `scripts/bench/ddp.sh`), the model is wrapped in
+DistributedDataParallel over Gloo (its defaults: 25 MiB buckets, buffers broadcast before
+each forward); `--batch` is per process and only rank 0 prints.
 """
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -88,6 +93,13 @@ def main():
     model = model.to(device=a.device, memory_format=fmt).train()
     if a.compile:
         model = torch.compile(model)
+    world, rank = 1, 0
+    if "WORLD_SIZE" in os.environ:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        world, rank = dist.get_world_size(), dist.get_rank()
+        model = torch.nn.parallel.DistributedDataParallel(model)
     torch.backends.cudnn.benchmark = True
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch, 3, a.size, a.size, device=a.device).contiguous(memory_format=fmt)
@@ -110,6 +122,8 @@ def main():
         took = time.perf_counter() - t0
         (seconds if i >= a.warmup else warmup_seconds).append(took)
     s = sorted(seconds)
+    if rank > 0:
+        return
     print(
         json.dumps(
             {
@@ -130,6 +144,7 @@ def main():
                 "start_rss_mib": round(start_rss, 1),
                 "peak_rss_mib": round(status_mib("VmHWM"), 1),
                 "loss": round(loss, 4),
+                "world": world,
             }
         )
     )

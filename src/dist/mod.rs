@@ -1,11 +1,12 @@
-//! Data parallelism on libtorch's own distributed engine (issue 15, in progress): c10d's
+//! Data parallelism on libtorch's own distributed engine: c10d's
 //! `TCPStore` rendezvous and `ProcessGroupGloo` ([`ProcessGroup`]), DDP's C++ `Reducer`
 //! for bucketed gradient all-reduce during backward ([`Reducer`]), and the launch
 //! environment of torchrun and Slurm ([`World`]). Bound through `csrc/dist.cpp`; every
 //! C++ exception comes back as a [`DistError`].
 //!
-//! The trainer does not use these yet: this is the engine, tested on its own with two
-//! processes on 127.0.0.1 (`tests/integration/dist.rs`).
+//! The trainer uses them when it is launched as a rank (torchrun, srun, `hondo train
+//! --nproc`; see `docs/distributed.md`); they are public for programs that step their own
+//! loop. Gloo only: CPU tensors (the NCCL backend is not built yet).
 
 mod group;
 mod reducer;
@@ -28,6 +29,14 @@ pub(crate) fn set_sync_batchnorm(group: Option<std::sync::Arc<ProcessGroup>>) {
 /// The SyncBatchNorm group, if one is set.
 pub(crate) fn sync_batchnorm_group() -> Option<std::sync::Arc<ProcessGroup>> {
     SYNC_BN.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The collective backends this build has, for `hondo info`.
+pub fn backends() -> Vec<String> {
+    vec![
+        "gloo (CPU tensors; TCPStore rendezvous, DDP Reducer)".into(),
+        "nccl: not built (CUDA tensors across processes are not supported yet)".into(),
+    ]
 }
 
 /// A distributed call that failed: the call and c10d's message (a timeout, a peer that

@@ -131,6 +131,15 @@ pub(super) fn prepare(
         .device
         .resolve()
         .map_err(|e| anyhow::Error::from(e).context("train.device"))?;
+    if let (Some(d), true) = (&ddp, device.is_cuda()) {
+        bail!(
+            "train.device = {}: data-parallel training (rank {} of {}) runs on CPU tensors \
+             with Gloo; the NCCL backend for CUDA is not built yet (set train.device = \"cpu\")",
+            device::name(device),
+            d.rank(),
+            d.size()
+        );
+    }
     crate::budget::check(&cfg, device.is_cuda(), t.force)?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);

@@ -454,6 +454,40 @@ fn a_signal_stops_every_rank_at_one_step_and_the_run_resumes_with_another_world_
 }
 
 #[test]
+fn sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_its_status() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = shapes_config(d.path(), 6144, 32, 1, "[checkpoint]\nevery_steps = 4");
+    let run = d.path().join("run");
+    let mut child = hondo_train(&[
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--nproc",
+        "2",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(
+        &run.join(hondo::checkpoint::LAST),
+        &mut child,
+        Duration::from_secs(120),
+    );
+    let rank1 = rank_process(child.id(), 1).expect("rank 1's process");
+    // SAFETY: a signal to a process this test started.
+    unsafe { libc::kill(rank1 as i32, libc::SIGTERM) };
+    let (out, _) = finish(child, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Rank 0 was not signalled, yet stops at the same step, writes `last` and exits 143.
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("interrupted at epoch 1 batch"), "{err}");
+    assert!(err.contains("rank 1 of 2 exited with status 143"), "{err}");
+    let m = meta(&run);
+    assert!(m.world_size == 2 && m.batch > 0 && m.batch < 192, "{m:?}");
+}
+
+#[test]
 fn a_killed_rank_makes_the_other_exit_with_a_clear_error_within_the_timeout() {
     let d = tempfile::tempdir().unwrap();
     let cfg = shapes_config(
