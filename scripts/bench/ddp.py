@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 CASES = {
     "small": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=20, warmup=3),
-    "resnet18": dict(arch="resnet18", batch=16, size=224, classes=1000, steps=4, warmup=2),
+    "resnet18": dict(arch="resnet18", batch=16, size=224, classes=1000, steps=8, warmup=2),
 }
 
 

@@ -214,9 +214,10 @@ fn validate(s: &mut Session, ema: bool) -> anyhow::Result<Evaluation> {
         (Some(e), true) => e.model.as_ref(),
         _ => s.model.as_ref(),
     };
-    if let Some(d) = &s.ddp {
-        let mut e = if s.val.num_batches() > 0 {
-            Some(evaluate(
+    // A rank whose share is empty (fewer images than ranks) evaluates nothing.
+    let local = (s.ddp.is_none() || s.val.num_batches() > 0)
+        .then(|| {
+            evaluate(
                 model,
                 &s.val,
                 &s.normalize,
@@ -224,41 +225,29 @@ fn validate(s: &mut Session, ema: bool) -> anyhow::Result<Evaluation> {
                 &s.classes,
                 s.num_classes as usize,
                 false,
-            )?)
+            )
+        })
+        .transpose()?;
+    let mut e = local.unwrap_or_else(|| Evaluation {
+        report: crate::evaluate::Accumulator::new(&s.classes, s.num_classes as usize).report(),
+        skipped: Vec::new(),
+    });
+    if let Some(d) = &s.ddp {
+        let r = &mut e.report;
+        let n = if r.images > 0 { r.images as f64 } else { 0.0 };
+        let mine = if n > 0.0 {
+            [n, r.loss * n, (r.top1 * n).round()]
         } else {
-            None
+            [0.0; 3]
         };
-        let local = e.as_ref().map_or([0.0; 3], |e| {
-            let n = e.report.images as f64;
-            [n, e.report.loss * n, (e.report.top1 * n).round()]
-        });
-        let v = d.sum(&local)?;
+        let v = d.sum(&mine)?;
         if v[0] == 0.0 {
             anyhow::bail!("the validation set is empty");
         }
-        let mut e = e.take().unwrap_or_else(|| Evaluation {
-            report: crate::evaluate::Accumulator::new(&s.classes, s.num_classes as usize).report(),
-            skipped: Vec::new(),
-        });
-        e.report.images = v[0] as u64;
-        e.report.loss = v[1] / v[0];
-        e.report.top1 = v[2] / v[0];
-        if !ema {
-            for w in &e.skipped {
-                s.observers.warning(&format!("skipped {w}"))?;
-            }
-        }
-        return Ok(e);
+        r.images = v[0] as u64;
+        r.loss = v[1] / v[0];
+        r.top1 = v[2] / v[0];
     }
-    let e = evaluate(
-        model,
-        &s.val,
-        &s.normalize,
-        s.cfg.train.precision,
-        &s.classes,
-        s.num_classes as usize,
-        false,
-    )?;
     if !ema {
         for w in &e.skipped {
             s.observers.warning(&format!("skipped {w}"))?;

@@ -361,6 +361,28 @@ fn finish(child: Child, limit: Duration) -> (Output, Duration) {
     (out, t0.elapsed())
 }
 
+/// `hondo train CONFIG --out RUN --nproc 2` started, once its first `last` checkpoint is
+/// written (the config sets `checkpoint.every_steps`).
+fn started_nproc(cfg: &Path, run: &Path) -> Child {
+    let mut child = hondo_train(&[
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--nproc",
+        "2",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(
+        &run.join(hondo::checkpoint::LAST),
+        &mut child,
+        Duration::from_secs(120),
+    );
+    child
+}
+
 /// The hondo processes below `pid` (children, recursively) with `RANK=rank`.
 fn rank_process(pid: u32, rank: usize) -> Option<u32> {
     let mut stack = vec![pid];
@@ -387,18 +409,8 @@ fn rank_process(pid: u32, rank: usize) -> Option<u32> {
 fn a_signal_stops_every_rank_at_one_step_and_the_run_resumes_with_another_world_size() {
     let d = tempfile::tempdir().unwrap();
     let cfg = shapes_config(d.path(), 6144, 32, 1, "[checkpoint]\nevery_steps = 4");
-    let cfg = cfg.to_str().unwrap();
     let run = d.path().join("run");
-    let mut child = hondo_train(&[cfg, "--out", run.to_str().unwrap(), "--nproc", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
-        &run.join(hondo::checkpoint::LAST),
-        &mut child,
-        Duration::from_secs(120),
-    );
+    let child = started_nproc(&cfg, &run);
     // SAFETY: a signal to our child, as Ctrl-C would send.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (out, _) = finish(child, Duration::from_secs(120));
@@ -458,22 +470,7 @@ fn sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_its_status() {
     let d = tempfile::tempdir().unwrap();
     let cfg = shapes_config(d.path(), 6144, 32, 1, "[checkpoint]\nevery_steps = 4");
     let run = d.path().join("run");
-    let mut child = hondo_train(&[
-        cfg.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--nproc",
-        "2",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    wait_for(
-        &run.join(hondo::checkpoint::LAST),
-        &mut child,
-        Duration::from_secs(120),
-    );
+    let child = started_nproc(&cfg, &run);
     let rank1 = rank_process(child.id(), 1).expect("rank 1's process");
     // SAFETY: a signal to a process this test started.
     unsafe { libc::kill(rank1 as i32, libc::SIGTERM) };
@@ -498,22 +495,7 @@ fn a_killed_rank_makes_the_other_exit_with_a_clear_error_within_the_timeout() {
         "dist_timeout_s = 20\n[checkpoint]\nevery_steps = 4",
     );
     let run = d.path().join("run");
-    let mut child = hondo_train(&[
-        cfg.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--nproc",
-        "2",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    wait_for(
-        &run.join(hondo::checkpoint::LAST),
-        &mut child,
-        Duration::from_secs(120),
-    );
+    let child = started_nproc(&cfg, &run);
     let rank1 = rank_process(child.id(), 1).expect("rank 1's process");
     // SAFETY: killing a process this test started.
     unsafe { libc::kill(rank1 as i32, libc::SIGKILL) };
