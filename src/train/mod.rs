@@ -3,9 +3,15 @@
 //! [`crate::observe::Observer`]s. The model is hondo's own (`model.arch`) or yours
 //! ([`ModelSpec::custom`]).
 //!
+//! Launched as a rank of a data-parallel job (torchrun, srun, `hondo train --nproc`: the
+//! environment's `WORLD_SIZE`/`RANK` or Slurm's variables), [`Trainer::run`] trains as
+//! PyTorch's `DistributedDataParallel` does, on [`crate::dist`]: sharded epochs, gradients
+//! averaged during backward, exact metrics over all ranks, and observers and files on rank
+//! 0 only (`docs/distributed.md`).
+//!
 //! Inside: `session.rs` assembles a run, `fit.rs` is the epoch loop, `step.rs` the step
-//! loop, `checkpoints.rs` writes checkpoints; validation is [`crate::evaluate::evaluate`],
-//! the same pass as `hondo eval`.
+//! loop, `checkpoints.rs` writes checkpoints, `ddp.rs` is the data-parallel side;
+//! validation is [`crate::evaluate::evaluate`], the same pass as `hondo eval`.
 //!
 //! ```no_run
 //! use hondo::config::Config;
@@ -134,6 +140,10 @@ impl Trainer {
     /// A panic inside the run (in your model's `forward_t`, an observer, or hondo) is caught
     /// and returned as [`Error::Other`](crate::Error::Other) naming it; checkpoints
     /// already written are kept.
+    ///
+    /// Launched as a rank, it joins the data-parallel job first (see the module docs):
+    /// observers added here run on rank 0 only, and `train.sync_batchnorm` applies to
+    /// hondo's own BatchNorm layers (a custom model's layers normalise per process).
     pub fn run(self) -> crate::Result<Summary> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner())) {
             Ok(result) => result,
