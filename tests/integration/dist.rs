@@ -76,6 +76,9 @@ fn dist_worker() {
         .parse()
         .unwrap();
     let mode = std::env::var("HONDO_TEST_DIST_MODE").unwrap_or_default();
+    if mode == "drift" {
+        return drifting_trainer(rank);
+    }
     let group = ProcessGroup::new(&options(rank, port, 20)).unwrap();
     if mode == "die" {
         group.barrier().unwrap();
@@ -128,8 +131,79 @@ fn dist_worker() {
     );
 }
 
+/// A model whose rank 1 nudges its own bias at every training forward pass: the ranks'
+/// weights drift apart, which the trainer's epoch-end check must catch.
+#[derive(Debug)]
+struct Drifting {
+    fc: nn::Linear,
+    nudge: bool,
+}
+
+impl nn::ModuleT for Drifting {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train && self.nudge {
+            tch::no_grad(|| {
+                let _ = self
+                    .fc
+                    .bs
+                    .as_ref()
+                    .unwrap()
+                    .shallow_clone()
+                    .g_add_scalar_(1e-3);
+            });
+        }
+        xs.flatten(1, -1).apply(&self.fc)
+    }
+}
+
+/// The trainer as rank `rank` (the launcher's variables are in the environment) on the
+/// drifting model: prints its error.
+fn drifting_trainer(rank: usize) {
+    let mut config = hondo::config::Config::default();
+    config.data.image_size = 16;
+    config.data.train_size = 128;
+    config.data.val_size = 32;
+    config.data.workers = 1;
+    config.train.epochs = 1;
+    config.train.batch_size = 16;
+    config.train.threads = 1;
+    let spec = hondo::models::ModelSpec::custom("drifting", move |p, n| Drifting {
+        fc: nn::linear(p / "fc", 3 * 16 * 16, n, Default::default()),
+        nudge: rank == 1,
+    });
+    let out = std::env::var("HONDO_TEST_DIST_OUT").unwrap();
+    let r = hondo::train::Trainer::new(config)
+        .model(spec)
+        .out(out)
+        .run();
+    println!(
+        "RESULT {}",
+        serde_json::json!({"error": r.err().map(|e| hondo::error_chain(&e))})
+    );
+}
+
+#[test]
+fn ranks_whose_weights_drift_apart_stop_with_an_error_at_the_epoch_end() {
+    let d = tempfile::tempdir().unwrap();
+    let r = run_workers_with("drift", &[("HONDO_TEST_DIST_OUT", d.path().join("run"))]);
+    for (rank, v) in r.iter().enumerate() {
+        let e = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("rank {rank}: {v}"));
+        assert!(
+            e.contains("after epoch 1: the ranks' weights are no longer identical"),
+            "rank {rank}: {e}"
+        );
+    }
+}
+
 /// Starts both workers, waits (bounded) and returns each one's RESULT object.
 fn run_workers(mode: &str) -> Vec<serde_json::Value> {
+    run_workers_with(mode, &[])
+}
+
+/// [`run_workers`] with more environment; the workers also get torchrun's variables.
+fn run_workers_with(mode: &str, env: &[(&str, std::path::PathBuf)]) -> Vec<serde_json::Value> {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..2)
@@ -140,6 +214,11 @@ fn run_workers(mode: &str) -> Vec<serde_json::Value> {
                 .env("HONDO_TEST_DIST_RANK", rank.to_string())
                 .env("HONDO_TEST_DIST_PORT", port.to_string())
                 .env("HONDO_TEST_DIST_MODE", mode)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .envs(env.iter().map(|(k, v)| (*k, v)))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
