@@ -587,6 +587,8 @@ mod tests {
             ("crop_fraction", |m| m.crop_fraction = 1.5),
             ("std", |m| m.std[2] = 0.0),
             ("std", |m| m.std[0] = -1.0),
+            ("world_size", |m| m.world_size = 0),
+            ("world_size", |m| m.world_size = usize::MAX),
             // Any name can be a custom model's; an empty one is no name.
             ("arch", |m| m.arch = " ".into()),
         ];

@@ -372,6 +372,7 @@ mod tests {
             ("train.grad_clip", "[0, 1000000]"),
             ("train.ema_decay", "[0, 1)"),
             ("train.dist_timeout_s", "[1, 86400]"),
+            ("train.dist_bucket_mib", "(0, 1024]"),
             ("schedule.warmup_epochs", "[0, 10000]"),
             ("schedule.warmup_factor", "(0, 1]"),
             ("schedule.gamma", "(0, 1]"),

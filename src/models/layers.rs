@@ -113,11 +113,9 @@ impl BatchNorm2d {
     /// channels-last) runs it as one fused op (`csrc/batch_norm_relu.cpp`): two passes over
     /// memory each way instead of up to six. `HONDO_FUSED_BN=0` turns that off.
     pub fn forward_relu_t(&self, xs: &Tensor, residual: Option<&Tensor>, train: bool) -> Tensor {
-        let sync = self
-            .trains(train)
-            .then(crate::dist::sync_batchnorm_group)
-            .flatten();
-        if sync.is_none() && self.trains(train) && fused_enabled() && fusable(xs, residual) {
+        // SyncBatchNorm (in `forward_t`) has no fused kernel.
+        let fused = fused_enabled() && crate::dist::sync_batchnorm_group().is_none();
+        if self.trains(train) && fused && fusable(xs, residual) {
             match shim::batch_norm_relu(
                 xs,
                 &self.weight,

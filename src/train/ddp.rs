@@ -189,13 +189,10 @@ impl Ddp {
             }
             self.reduced = params;
         }
-        let mut buffers: Vec<(String, Tensor)> = vs
-            .variables()
+        self.buffers = sorted(vs)
             .into_iter()
-            .filter(|(_, t)| !trainable.iter().any(|v| v.is_set_to(t)))
+            .filter(|t| !super::param_groups::is_parameter(&trainable, t))
             .collect();
-        buffers.sort_by(|a, b| a.0.cmp(&b.0));
-        self.buffers = buffers.into_iter().map(|(_, t)| t).collect();
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use super::optimizer::ParamGroup;
 use crate::config::OptimizerConfig;
 use tch::nn::VarStore;
+use tch::Tensor;
 
 /// Whether `name` lies under `prefix` (`layer1` matches `layer1.0.conv1.weight`, not `layer10`).
 pub fn under(name: &str, prefix: &str) -> bool {
@@ -20,7 +21,7 @@ pub fn apply_freeze(vs: &VarStore, frozen: &[String]) -> usize {
     let mut n = 0;
     for (name, t) in vs.variables() {
         // Buffers (running statistics) were never trainable: leave them alone.
-        if !trainable.iter().any(|v| v.is_set_to(&t)) {
+        if !is_parameter(&trainable, &t) {
             continue;
         }
         let freeze = frozen.iter().any(|p| under(&name, p));
@@ -28,6 +29,12 @@ pub fn apply_freeze(vs: &VarStore, frozen: &[String]) -> usize {
         n += freeze as usize;
     }
     n
+}
+
+/// Whether `t` is one of `trainable` (a `VarStore`'s `trainable_variables()`, frozen ones
+/// included), not a buffer such as BatchNorm's running statistics.
+pub(crate) fn is_parameter(trainable: &[Tensor], t: &Tensor) -> bool {
+    trainable.iter().any(|v| v.is_set_to(t))
 }
 
 /// Prefixes in `frozen` that match no parameter (likely typos).

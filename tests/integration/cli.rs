@@ -400,6 +400,14 @@ fn a_launch_environment_that_contradicts_itself_is_refused_before_anything_is_wr
     train(&torchrun("0", "0"))
         .failure()
         .stderr(predicate::str::contains("MASTER_PORT").and(no_panic()));
+    // --nproc is 1 to 1024.
+    for n in ["0", "1025"] {
+        hondo()
+            .args(["train", cfg.to_str().unwrap(), "--nproc", n])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("--nproc").and(no_panic()));
+    }
     // --nproc inside a launched rank would start processes of processes.
     let mut nested = torchrun("0", &port);
     nested[1].1 = "1";

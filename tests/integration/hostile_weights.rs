@@ -115,6 +115,7 @@ fn checkpoints_whose_metadata_lies_are_refused_by_predict_eval_and_export() {
         ("image_size", |m| m.image_size = 100_000),
         ("crop_fraction", |m| m.crop_fraction = 0.0),
         ("std", |m| m.std = [0.0; 3]),
+        ("world_size", |m| m.world_size = 0),
         // Any other name is a custom model's (whose safetensors export works); none is none.
         ("arch", |m| m.arch = " ".into()),
     ];
