@@ -73,7 +73,7 @@ fn config(epochs: usize) -> Config {
     c.train.epochs = epochs;
     c.train.batch_size = 32;
     c.train.threads = 2;
-    c.train.channels_last = false;
+    c.train.channels_last = hondo::config::Auto::Set(false);
     c.optimizer.name = hondo::config::OptimizerKind::Adamw;
     c.optimizer.lr = 0.003;
     c

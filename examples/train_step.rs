@@ -23,7 +23,7 @@ use hondo::config::{Arch, ModelConfig, OptimizerConfig, OptimizerKind, Precision
 use hondo::dist::{GroupOptions, ProcessGroup, Reducer, World};
 use hondo::models::Model;
 use hondo::ops as amp;
-use hondo::train::{optimizer::Optimizer, param_groups, to_channels_last};
+use hondo::train::{autotune, optimizer::Optimizer, param_groups, to_channels_last};
 use std::time::{Duration, Instant};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -38,6 +38,7 @@ struct Args {
     classes: i64,
     precision: Precision,
     channels_last: bool,
+    auto_layout: bool,
     device: Device,
     fused: bool,
     lr: Option<f64>,
@@ -54,6 +55,7 @@ fn parse() -> Result<Args, String> {
         classes: 1000,
         precision: Precision::Fp32,
         channels_last: false,
+        auto_layout: false,
         device: Device::Cpu,
         fused: true,
         lr: None,
@@ -62,6 +64,10 @@ fn parse() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "--channels-last" {
             a.channels_last = true;
+            continue;
+        }
+        if flag == "--auto-layout" {
+            a.auto_layout = true;
             continue;
         }
         if flag == "--reference-optimizer" {
@@ -182,7 +188,7 @@ impl Ddp {
 
 fn main() {
     hondo::allocator::install();
-    let a = parse().unwrap_or_else(|e| {
+    let mut a = parse().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)
     });
@@ -191,11 +197,29 @@ fn main() {
     if a.device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    let vs = VarStore::new(a.device);
     let model_cfg = ModelConfig {
         arch: a.arch,
         ..Default::default()
     };
+    if a.auto_layout {
+        // What the trainer does with `train.channels_last = "auto"` (the default).
+        let mut cfg = hondo::config::Config {
+            model: model_cfg.clone(),
+            ..Default::default()
+        };
+        cfg.train.batch_size = a.batch as usize;
+        cfg.train.precision = a.precision;
+        cfg.data.image_size = a.size as u32;
+        let spec = hondo::models::ModelSpec::builtin(&cfg.model);
+        let layout = autotune::choose_layout(&cfg, &spec, a.classes, a.device, true);
+        eprintln!(
+            "layout: channels_last = {} ({})",
+            layout.channels_last, layout.reason
+        );
+        a.channels_last = layout.channels_last;
+        tch::manual_seed(0);
+    }
+    let vs = VarStore::new(a.device);
     let model = Model::new(&vs.root(), &model_cfg, a.classes);
     if a.channels_last {
         to_channels_last(&vs);

@@ -26,14 +26,15 @@ TRAIN_GFLOP_224 = {"resnet18": 6 * 1.81, "resnet50": 6 * 4.09, "resnet152": 6 * 
 
 CASES = {
     "small": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2),
-    # Each tool at its defaults: hondo trains channels-last (its default), PyTorch NCHW.
+    # Each tool at its defaults: hondo picks the layout for the machine (`train.channels_last
+    # = "auto"`, its default: timed once, then cached), PyTorch NCHW.
     "small-defaults": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2,
-                           hondo=dict(channels_last=True)),
+                           hondo=dict(auto_layout=True)),
     "resnet50-defaults": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2,
-                              hondo=dict(channels_last=True)),
+                              hondo=dict(auto_layout=True)),
     "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2),
     "resnet18-defaults": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2,
-                              hondo=dict(channels_last=True)),
+                              hondo=dict(auto_layout=True)),
     "resnet50": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2),
     "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, precision="bf16"),
     "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, channels_last=True),
@@ -42,13 +43,13 @@ CASES = {
     # The second peer (issue 17): PyTorch with torch.compile (inductor) in channels-last,
     # against hondo at its defaults; compilation falls in the warm-up steps, timed apart.
     "small-compiled": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=3,
-                           hondo=dict(channels_last=True),
+                           hondo=dict(auto_layout=True),
                            pytorch=dict(channels_last=True, compile=True)),
     "resnet18-compiled": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=3,
-                              hondo=dict(channels_last=True),
+                              hondo=dict(auto_layout=True),
                               pytorch=dict(channels_last=True, compile=True)),
     "resnet50-compiled": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=3,
-                              hondo=dict(channels_last=True),
+                              hondo=dict(auto_layout=True),
                               pytorch=dict(channels_last=True, compile=True)),
 }
 
@@ -60,6 +61,8 @@ def args_of(case, threads, impl):
          "--classes", str(case.get("classes", 1000)), "--precision", case.get("precision", "fp32")]
     if case.get("channels_last"):
         a.append("--channels-last")
+    if case.get("auto_layout"):
+        a.append("--auto-layout")
     if case.get("compile"):
         a.append("--compile")
     return a
@@ -106,7 +109,11 @@ def main():
         paired = [h / p for h, p in zip(ips["hondo"], ips["pytorch"])]
         gf = TRAIN_GFLOP_224.get(case["arch"])
         gflops = f"{med['hondo'] * gf * (case['size'] / 224) ** 2:.0f}" if gf else "-"
-        print(f"| {name} | {med['hondo']:.1f} ({min(ips['hondo']):.1f}-{max(ips['hondo']):.1f}) "
+        label = name
+        if case.get("hondo", {}).get("auto_layout"):
+            cl = {r["channels_last"] for r in results["hondo"]}
+            label += " (hondo auto: " + "/".join("channels-last" if c else "NCHW" for c in sorted(cl)) + ")"
+        print(f"| {label} | {med['hondo']:.1f} ({min(ips['hondo']):.1f}-{max(ips['hondo']):.1f}) "
               f"| {med['pytorch']:.1f} ({min(ips['pytorch']):.1f}-{max(ips['pytorch']):.1f}) "
               f"| {med['hondo'] / med['pytorch']:.2f}x "
               f"| {statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f}) "

@@ -120,7 +120,12 @@ impl Observer for Console {
             r.steps_per_epoch,
             r.device,
             r.precision,
-            if r.channels_last { ", channels-last" } else { "" },
+            match (r.channels_last, r.layout_reason.starts_with("auto")) {
+                (true, false) => ", channels-last".to_string(),
+                (false, false) => String::new(),
+                (true, true) => format!(", channels-last ({})", r.layout_reason),
+                (false, true) => format!(", NCHW ({})", r.layout_reason),
+            },
         ));
         Ok(())
     }

@@ -4,10 +4,12 @@
 //! path, an omitted key takes the documented default below. [`load`] reads a file, applies
 //! `--set key.path=value` overrides and validates the result.
 
+mod auto;
 mod load;
 mod overrides;
 mod validate;
 
+pub use auto::Auto;
 pub(crate) use load::check;
 pub use load::{load, load_embedded, load_str, ConfigError};
 pub use overrides::Override;
@@ -459,9 +461,13 @@ pub struct TrainConfig {
     /// `fp32`, `bf16` or `fp16`: autocast of the forward pass (bf16 on CPU or CUDA; fp16
     /// with dynamic loss scaling, which skips steps with non-finite gradients).
     pub precision: Precision,
-    /// Channels-last (NHWC) memory format for weights and inputs: on by default, as it is
-    /// 20-30% faster for convolutions on CPU and CUDA alike (BENCHMARKS.md).
-    pub channels_last: bool,
+    /// Channels-last (NHWC) memory format for weights and inputs: `true`, `false` or
+    /// `"auto"` (the default). `auto` takes channels-last on CUDA, and on the CPU the faster
+    /// of the two layouts for this CPU model, model, batch and image size: timed over a few
+    /// steps on random data the first time, then remembered in the user cache
+    /// ([`crate::train::autotune`]). The run's first line says which layout and why; the
+    /// run directory's config keeps `"auto"`.
+    pub channels_last: Auto<bool>,
     /// Clip gradients to this global L2 norm, in [0, 1e6] (0 disables clipping).
     pub grad_clip: f64,
     /// Micro-batches accumulated per optimizer step, 1 to 1024.
@@ -520,7 +526,7 @@ impl Default for TrainConfig {
             threads: 0,
             label_smoothing: 0.0,
             precision: Precision::Fp32,
-            channels_last: true,
+            channels_last: Auto::Auto,
             grad_clip: 0.0,
             accumulate: 1,
             log_every: 0,

@@ -65,6 +65,9 @@ pub struct RunInfo<'a> {
     pub precision: &'static str,
     /// Whether the model and its inputs are in channels-last (NHWC) memory format.
     pub channels_last: bool,
+    /// Why that format: `set in the config`, or `auto: ...` with the timing that chose it
+    /// ([`crate::train::autotune`]).
+    pub layout_reason: &'a str,
     /// The epoch (0-based) and batch a resumed run continues from; `None` for a new run.
     pub resumed_at: Option<(usize, usize)>,
     /// Optimizer steps already done (non-zero only for a resumed run).

@@ -30,6 +30,7 @@
 //! ```
 
 pub(crate) mod amp;
+pub mod autotune;
 mod checkpoints;
 mod ddp;
 pub(crate) mod ema;

@@ -3,6 +3,7 @@
 //! resuming. Nothing is written before all of it is built.
 
 use super::amp::{self, Scaler};
+use super::autotune::{self, Layout};
 use super::ddp::Ddp;
 use super::ema::Ema;
 use super::optimizer::Optimizer;
@@ -10,7 +11,7 @@ use super::param_groups;
 use super::schedule::Schedule;
 use super::Trainer;
 use crate::checkpoint::{self, atomic};
-use crate::config::{Config, Precision};
+use crate::config::{Auto, Config, Precision};
 use crate::data::loader::{Loader, LoaderOptions, Shard};
 use crate::data::normalize::Normalize;
 use crate::data::{self, seed};
@@ -62,6 +63,8 @@ pub(super) struct Session {
     pub sync_every: usize,
     /// The data-parallel job this process is a rank of.
     pub ddp: Option<Ddp>,
+    /// The memory format, and why ([`autotune`]).
+    pub layout: Layout,
 }
 
 impl Session {
@@ -182,6 +185,12 @@ pub(super) fn prepare(
         Some(n) => n,
     } as i64;
 
+    // Before the seeded initialisation: the timing draws random numbers of its own.
+    let mut layout = autotune::choose_layout(&cfg, &spec, num_classes, device, main);
+    if let (Some(d), Auto::Auto) = (&ddp, cfg.train.channels_last) {
+        layout.channels_last = d.share(if layout.channels_last { "1" } else { "0" })? == "1";
+    }
+
     tch::manual_seed(seed::combine(&[cfg.train.seed, seed::tag::MODEL_INIT]) as i64 & i64::MAX);
     let vs = VarStore::new(device);
     let model = spec.build(&vs.root(), num_classes);
@@ -200,7 +209,7 @@ pub(super) fn prepare(
         let line = load_pretrained(&vs, &spec, num_classes, pretrained, &cfg)?;
         observers.message(&line)?;
     }
-    if cfg.train.channels_last {
+    if layout.channels_last {
         to_channels_last(&vs);
     }
 
@@ -328,7 +337,7 @@ pub(super) fn prepare(
         pos.step = pos.epoch * steps_per_epoch + batch / acc;
     }
     let schedule = Schedule::new(&cfg.schedule, steps_per_epoch, cfg.train.epochs);
-    let normalize = Normalize::new(cfg.data.mean, cfg.data.std, device, cfg.train.channels_last);
+    let normalize = Normalize::new(cfg.data.mean, cfg.data.std, device, layout.channels_last);
 
     let run_dir = match (&t.resume, &t.out) {
         _ if dir == RunDir::None || !main => PathBuf::new(),
@@ -379,6 +388,7 @@ pub(super) fn prepare(
             mixing,
             sync_every,
             ddp,
+            layout,
         },
         pos,
     ))
@@ -489,7 +499,8 @@ impl Session {
             steps_per_epoch: self.steps_per_epoch,
             device: device::name(self.device),
             precision: self.cfg.train.precision.name(),
-            channels_last: self.cfg.train.channels_last,
+            channels_last: self.layout.channels_last,
+            layout_reason: &self.layout.reason,
             resumed_at: resumed.then_some((pos.epoch, pos.batch)),
             step: pos.step,
             data_parallel: self.ddp.as_ref().map(|d| crate::observe::DataParallel {

@@ -282,3 +282,60 @@ fn lr_find_suggests_a_rate_that_trains_where_100x_does_not_and_writes_nothing_el
         100.0 * s
     );
 }
+
+/// `train.channels_last = "auto"` (the default): the first run on a machine times both
+/// layouts and remembers the winner in the cache, the next run reads it, the first line says
+/// which and why, and an explicit value wins without any timing.
+#[test]
+fn auto_layout_is_timed_once_remembered_and_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = super::common::write(d.path(), "tiny.toml", TINY);
+    let cache = d.path().join("cache");
+    let run = |out: &str, extra: &[&str]| {
+        let mut cmd = super::common::train_cmd(&[cfg.as_os_str()]);
+        cmd.args(["--set", "train.epochs=1", "--out"])
+            .arg(d.path().join(out))
+            .args(extra)
+            .env("HONDO_CACHE", &cache)
+            .env_remove("HONDO_AUTOTUNE");
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        let first = err
+            .lines()
+            .find(|l| l.starts_with("run "))
+            .unwrap()
+            .to_string();
+        let saved = std::fs::read_to_string(d.path().join(out).join("config.toml")).unwrap();
+        (first, saved)
+    };
+    let (first, saved) = run("a", &[]);
+    assert!(
+        first.contains("(auto: ") && first.contains("s/step, timed in"),
+        "{first}"
+    );
+    assert!(cache.join("autotune.json").is_file());
+    let chosen = first.contains(", channels-last (auto");
+    assert!(chosen || first.contains(", NCHW (auto"), "{first}");
+    // The run directory's config keeps what the user wrote.
+    assert!(saved.contains("channels_last = \"auto\""), "{saved}");
+    let (again, _) = run("b", &[]);
+    assert!(again.contains("timed earlier on this machine"), "{again}");
+    assert_eq!(again.contains(", channels-last (auto"), chosen, "{again}");
+    let (fixed, saved) = run("c", &["--set", "train.channels_last=false"]);
+    assert!(
+        !fixed.contains("auto") && !fixed.contains("channels-last"),
+        "{fixed}"
+    );
+    assert!(saved.contains("channels_last = false"), "{saved}");
+
+    let bad = super::common::train_cmd(&[cfg.as_os_str()])
+        .args(["--set", "train.channels_last=sometimes"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("train.channels_last") && err.contains("\"auto\""),
+        "{err}"
+    );
+}
