@@ -3,7 +3,9 @@
 //! allocated, EXIF orientation is applied, and grayscale or alpha images become RGB (alpha
 //! is dropped, as PIL's `convert("RGB")` does).
 
+use super::transforms::Region;
 use crate::file::{read_regular, MAX_IMAGE_BYTES};
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
@@ -37,7 +39,142 @@ pub fn decode_bytes(bytes: &[u8], max_side: u32) -> Result<RgbImage, DecodeError
     decode(bytes, max_side).map_err(|reason| DecodeError { reason })
 }
 
-fn decode(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
+/// An image decoded for one crop: the pixels, and the crop in their coordinates.
+#[derive(Debug)]
+pub(crate) struct ForCrop {
+    /// The decoded image: full size, or a JPEG at a reduced DCT scale.
+    pub image: RgbImage,
+    /// The crop, in `image`'s pixels.
+    pub region: Region,
+}
+
+/// Reads the file at `path` (as [`decode_file`]) and decodes it for the crop that `crop`
+/// picks from the image's size (after EXIF orientation) and an output of `size` x `size`.
+/// A JPEG whose crop is at least eight times the output on both sides (a 12-megapixel photo
+/// cropped to 224) is decoded at 1/8 scale by the inverse DCT (libjpeg's scaled decoding, as
+/// PIL's `draft` mode), so the crop stays at least `size` pixels on each side and the resize
+/// after it still only shrinks: the entropy decoding is the same, the inverse DCT, colour
+/// conversion and resize handle 64 times fewer pixels. Other images, and a JPEG the scaled decoder refuses, are decoded
+/// in full.
+pub(crate) fn decode_path_for_crop(
+    path: &Path,
+    max_side: u32,
+    size: u32,
+    crop: impl FnOnce(u32, u32) -> Region,
+) -> Result<ForCrop, String> {
+    let bytes = read_regular(path, MAX_IMAGE_BYTES)?;
+    decode_for_crop(&bytes, max_side, size, crop)
+}
+
+pub(crate) fn decode_for_crop(
+    bytes: &[u8],
+    max_side: u32,
+    size: u32,
+    crop: impl FnOnce(u32, u32) -> Region,
+) -> Result<ForCrop, String> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let image = decode(bytes, max_side)?;
+        let region = crop(image.width(), image.height());
+        return Ok(ForCrop { image, region });
+    }
+    let (decoder, format, w, h, orientation) = open(bytes, max_side)?;
+    let turned = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let (ow, oh) = if turned { (h, w) } else { (w, h) };
+    let region = crop(ow, oh);
+    let eighths = if scaled_enabled() {
+        dct_eighths(region, size)
+    } else {
+        8
+    };
+    if eighths < 8 {
+        if let Some(small) = decode_jpeg_scaled(bytes, w, h, eighths) {
+            let mut image = DynamicImage::ImageRgb8(small);
+            image.apply_orientation(orientation);
+            let image = image.into_rgb8();
+            let (sx, sy) = (
+                image.width() as f64 / ow as f64,
+                image.height() as f64 / oh as f64,
+            );
+            let left = region.left * sx;
+            let top = region.top * sy;
+            let scaled = Region {
+                left,
+                top,
+                width: (region.width * sx).min(image.width() as f64 - left),
+                height: (region.height * sy).min(image.height() as f64 - top),
+            };
+            return Ok(ForCrop {
+                image,
+                region: scaled,
+            });
+        }
+    }
+    Ok(ForCrop {
+        image: finish(decoder, format, orientation)?,
+        region,
+    })
+}
+
+/// Whether JPEGs may be decoded at a reduced scale: `HONDO_JPEG_SCALED=0` turns it off (to
+/// compare, or to decode every image in full).
+fn scaled_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HONDO_JPEG_SCALED").map_or(true, |v| v != "0"))
+}
+
+/// The DCT scale, in eighths (1, or 8 for none), at which to decode a JPEG whose crop is
+/// `region` for an output of `size`: 1/8 when the crop still spans `size` pixels on both
+/// sides at that scale. Not 1/4 or 1/2: the scaled decoder is slower at entropy decoding
+/// than the full-size one, and there it gains nothing (BENCHMARKS.md, issue 17).
+fn dct_eighths(region: Region, size: u32) -> u32 {
+    let side = region.width.min(region.height);
+    [1].into_iter()
+        .find(|&k| (side * k as f64 / 8.0).floor() >= size as f64)
+        .unwrap_or(8)
+}
+
+/// Decodes a `w` x `h` JPEG at `eighths`/8 of its size with `jpeg-decoder`'s scaled inverse
+/// DCT; `None` if that decoder refuses the file or it is not 8-bit grey or RGB (the caller
+/// then decodes it in full).
+fn decode_jpeg_scaled(bytes: &[u8], w: u32, h: u32, eighths: u32) -> Option<RgbImage> {
+    // Only 8-bit DCT frames (baseline, extended, progressive) of 1 or 3 components.
+    match jpeg_frame(bytes) {
+        Some((0xC0..=0xC2, 8, 1 | 3)) => {}
+        _ => return None,
+    }
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    // The header was checked against data.max_image_side; the decoder's own buffers stay
+    // under image's default allocation limit.
+    d.set_max_decoding_buffer_size(512 << 20);
+    let want = |side: u32| u16::try_from((side * eighths).div_ceil(8)).ok();
+    let (sw, sh) = d.scale(want(w)?, want(h)?).ok()?;
+    let pixels = d.decode().ok()?;
+    let info = d.info()?;
+    let (sw, sh) = (sw as u32, sh as u32);
+    if (info.width as u32, info.height as u32) != (sw, sh) {
+        return None;
+    }
+    let rgb = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => pixels,
+        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => return None,
+    };
+    RgbImage::from_raw(sw, sh, rgb)
+}
+
+/// The checks every decode starts with: a format hondo reads, a complete JPEG, sides within
+/// `max_side` and not empty (read from the header, before any pixel buffer exists); the
+/// decoder, format, size and EXIF orientation.
+fn open(
+    bytes: &[u8],
+    max_side: u32,
+) -> Result<(impl ImageDecoder + '_, ImageFormat, u32, u32, Orientation), String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
@@ -77,6 +214,20 @@ fn decode(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
     let orientation = decoder
         .orientation()
         .map_err(|e| format!("cannot read {format:?} metadata: {e}"))?;
+    Ok((decoder, format, w, h, orientation))
+}
+
+fn decode(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
+    let (decoder, format, _, _, orientation) = open(bytes, max_side)?;
+    finish(decoder, format, orientation)
+}
+
+/// Decodes the pixels behind a checked header, oriented, as RGB.
+fn finish(
+    decoder: impl ImageDecoder,
+    format: ImageFormat,
+    orientation: Orientation,
+) -> Result<RgbImage, String> {
     let mut image = DynamicImage::from_decoder(decoder)
         .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
     image.apply_orientation(orientation);
@@ -84,6 +235,33 @@ fn decode(bytes: &[u8], max_side: u32) -> Result<RgbImage, String> {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.into_rgb8(),
     })
+}
+
+/// A JPEG's first frame header: its marker (`C0` baseline, `C1` extended, `C2` progressive,
+/// ...), sample precision and number of components.
+fn jpeg_frame(bytes: &[u8]) -> Option<(u8, u8, u8)> {
+    let mut pos = 2; // after SOI
+    while pos + 4 <= bytes.len() {
+        if bytes[pos] != 0xFF {
+            return None;
+        }
+        let marker = bytes[pos + 1];
+        if marker == 0xFF {
+            pos += 1;
+            continue;
+        }
+        let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            // SOFn: length, precision, height, width, components.
+            let body = bytes.get(pos + 4..pos + 2 + len)?;
+            return Some((marker, *body.first()?, *body.get(5)?));
+        }
+        if marker == 0xDA {
+            return None;
+        }
+        pos += 2 + len;
+    }
+    None
 }
 
 /// Whether a JPEG's data ends with an end-of-image marker: walks the marker segments up to
@@ -206,6 +384,53 @@ mod tests {
         let enc = huge_png_header(100_000, 100_000);
         let err = decode_bytes(&enc, 16384).unwrap_err();
         assert!(err.reason.contains("100000x100000"), "{err}");
+    }
+
+    #[test]
+    fn the_dct_scale_keeps_the_crop_at_least_the_output_size() {
+        let r = |w: f64, h: f64| Region {
+            left: 0.0,
+            top: 0.0,
+            width: w,
+            height: h,
+        };
+        assert_eq!(dct_eighths(r(3000.0, 1800.0), 224), 1);
+        assert_eq!(dct_eighths(r(1792.0, 1800.0), 224), 1);
+        // 1/4 and 1/2 are never taken (no faster than the full-size decoder), nor any scale
+        // that would leave the crop smaller than the output.
+        assert_eq!(dct_eighths(r(1791.0, 1800.0), 224), 8);
+        assert_eq!(dct_eighths(r(896.0, 1000.0), 224), 8);
+        assert_eq!(dct_eighths(r(100.0, 100.0), 224), 8);
+    }
+
+    #[test]
+    fn scaled_decoding_gives_the_same_picture_smaller() {
+        let img = DynamicImage::ImageRgb8(gradient(800, 640));
+        let jpeg = encode(&img, ImageFormat::Jpeg);
+        let full = decode_bytes(&jpeg, 10_000).unwrap();
+        let small = decode_jpeg_scaled(&jpeg, 800, 640, 1).unwrap();
+        assert_eq!(small.dimensions(), (100, 80));
+        // Each pixel of the 1/8 decode is the mean of its 8x8 block of the full one.
+        let mut worst = 0.0f64;
+        for (x, y, p) in small.enumerate_pixels() {
+            for c in 0..3 {
+                let mean = (0..64)
+                    .map(|i| full.get_pixel(x * 8 + i % 8, y * 8 + i / 8).0[c] as f64)
+                    .sum::<f64>()
+                    / 64.0;
+                worst = worst.max((mean - p.0[c] as f64).abs());
+            }
+        }
+        assert!(worst < 12.0, "{worst}");
+        // Not a DCT JPEG of 8-bit grey or RGB: the caller decodes it in full.
+        assert!(decode_jpeg_scaled(&encode(&img, ImageFormat::Png), 800, 640, 1).is_none());
+        let cut = decode_for_crop(&jpeg[..jpeg.len() / 2], 10_000, 64, |w, h| Region {
+            left: 0.0,
+            top: 0.0,
+            width: w as f64,
+            height: h as f64,
+        });
+        assert!(cut.unwrap_err().contains("truncated"));
     }
 
     #[test]

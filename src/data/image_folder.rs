@@ -14,7 +14,7 @@
 //! skipped with a warning naming it, or stops the run under `data.on_error = "fail"`, as an undecodable
 //! image does; no read ever blocks or exceeds 64 MiB.
 
-use super::decode::decode_path;
+use super::decode::decode_path_for_crop;
 use super::transforms::{RgbRef, Transform};
 use super::{seed, Dataset, Sample, SampleError, Splits};
 use crate::config::DataConfig;
@@ -81,12 +81,16 @@ impl Dataset for ImageFolder {
 
     fn get(&self, index: usize, rng: &mut ChaCha8Rng) -> Result<Sample, SampleError> {
         let (path, label) = &self.samples[index];
-        let image = decode_path(path, self.max_side).map_err(|reason| SampleError {
-            item: path.display().to_string(),
-            reason,
-        })?;
+        // The crop is drawn from the header's size, so that a large JPEG is decoded only at
+        // the scale the crop needs.
+        let t = &self.transform;
+        let d = decode_path_for_crop(path, self.max_side, t.size(), |w, h| t.region(w, h, rng))
+            .map_err(|reason| SampleError {
+                item: path.display().to_string(),
+                reason,
+            })?;
         Ok(Sample {
-            image: self.transform.apply(RgbRef::from(&image), rng),
+            image: t.apply_region(RgbRef::from(&d.image), d.region, rng),
             label: *label,
         })
     }

@@ -117,14 +117,25 @@ impl Transform {
     /// Transforms `image` into `size * size * 3` bytes, drawing from `rng` in a fixed order
     /// (crop, flip, jitter).
     pub fn apply(&self, image: RgbRef, rng: &mut impl Rng) -> Vec<u8> {
-        let region = match self.crop {
+        let region = self.region(image.width, image.height, rng);
+        self.apply_region(image, region, rng)
+    }
+
+    /// The first half of [`Transform::apply`]: the source region of a `width` x `height`
+    /// image that becomes the output (drawing the crop from `rng`). Needs only the size, so
+    /// a decoder can read no more of the file than the region needs.
+    pub fn region(&self, width: u32, height: u32, rng: &mut impl Rng) -> Region {
+        match self.crop {
             Crop::Random { scale, ratio } => {
-                random_resized_crop_region(image.width, image.height, scale, ratio, rng)
+                random_resized_crop_region(width, height, scale, ratio, rng)
             }
-            Crop::Center { resize_to } => {
-                center_crop_region(image.width, image.height, resize_to, self.size)
-            }
-        };
+            Crop::Center { resize_to } => center_crop_region(width, height, resize_to, self.size),
+        }
+    }
+
+    /// The second half of [`Transform::apply`]: resizes `region` of `image` to the output
+    /// size, then flips and jitters (drawing from `rng`).
+    pub fn apply_region(&self, image: RgbRef, region: Region, rng: &mut impl Rng) -> Vec<u8> {
         let mut out = resize_region(image, region, self.size);
         if self.hflip > 0.0 && rng.gen::<f64>() < self.hflip {
             flip_horizontal(&mut out, self.size as usize);

@@ -439,3 +439,72 @@ fn cifar10_batches_load_with_their_class_names() {
         .chunks_exact(3)
         .all(|p| p[0] == 200 && p[1] == 100));
 }
+
+/// A JPEG much larger than its crop needs is decoded at a reduced DCT scale (1/4 or 1/8):
+/// the sample is close to the full decode's (same crop, flip and jitter draws: the random
+/// stream is the same), but not bit-identical, which shows that the scaled decoder ran; EXIF
+/// orientation holds on that path too. A small image takes the full decode, bit for bit.
+#[test]
+fn large_jpegs_are_decoded_at_the_scale_their_crop_needs() {
+    use hondo::data::image_folder::{scan, ImageFolder};
+    use hondo::data::transforms::{RgbRef, Transform};
+    let dir = tempfile::tempdir().unwrap();
+    let smooth = |w: u32, h: u32| {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            Rgb([
+                (fx * 230.0) as u8 + 10,
+                (fy * 200.0) as u8 + 20,
+                (((fx * 9.0).sin() * (fy * 7.0).cos()) * 100.0 + 128.0) as u8,
+            ])
+        })
+    };
+    let big = smooth(1280, 960);
+    let root = dir.path().join("train");
+    for (class, bytes) in [
+        ("a", jpeg_with_orientation(&big, 1)),
+        ("b", jpeg_with_orientation(&big, 6)),
+        ("c", jpeg_with_orientation(&smooth(120, 90), 1)),
+    ] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        std::fs::write(root.join(class).join("x.jpg"), bytes).unwrap();
+    }
+    let mut cfg = DataConfig {
+        image_size: 64,
+        ..Default::default()
+    };
+    cfg.augment.scale = [0.5, 1.0];
+    for transform in [Transform::train(&cfg), Transform::eval(&cfg)] {
+        let listing = scan(&root, None).unwrap();
+        let files: Vec<_> = listing.samples.iter().map(|(p, _)| p.clone()).collect();
+        let folder = ImageFolder::new(listing, transform.clone(), 16384);
+        for (i, path) in files.iter().enumerate() {
+            for draw in 0..4u64 {
+                let got = folder.get(i, &mut data::seed::rng(&[draw])).unwrap().image;
+                let full = decode_file(path, 16384).unwrap();
+                let want = transform.apply(RgbRef::from(&full), &mut data::seed::rng(&[draw]));
+                assert_eq!(got.len(), want.len());
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                    .sum::<f64>()
+                    / got.len() as f64;
+                if i == 2 {
+                    assert_eq!(
+                        got,
+                        want,
+                        "{}: a small image is decoded in full",
+                        path.display()
+                    );
+                } else {
+                    assert!(
+                        diff > 0.0 && diff < 3.0,
+                        "{} draw {draw}: mean |scaled - full| = {diff}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -3,7 +3,9 @@ about 400x300 (sides vary a little), smooth gradients with shapes and mild noise
 files compress like photographs (tens of kB), quality 90. Deterministic; skipped when the
 folder is already complete.
 
-Usage: python3 make_bench_images.py <dir> [per_class=128]   (writes <dir>/train/<class>/*.jpg)
+Usage: python3 make_bench_images.py <dir> [per_class=128] [scale=1]
+(writes <dir>/train/<class>/*.jpg; `scale` multiplies the sides: 4 gives about 1600x1200,
+10 about 4000x3000, as phone photos)
 """
 
 import os
@@ -15,7 +17,7 @@ from PIL import Image, ImageDraw
 CLASSES = 8
 
 
-def main(root: str, per_class: int = 128) -> None:
+def main(root: str, per_class: int = 128, scale: int = 1) -> None:
     train = os.path.join(root, "train")
     done = os.path.join(root, ".complete")
     if os.path.exists(done):
@@ -26,6 +28,7 @@ def main(root: str, per_class: int = 128) -> None:
         os.makedirs(d, exist_ok=True)
         for i in range(per_class):
             w, h = int(rng.integers(360, 441)), int(rng.integers(270, 331))
+            w, h = w * scale, h * scale
             y, x = np.mgrid[0:h, 0:w].astype(np.float32)
             base = rng.uniform(0, 255, 3)
             slope = rng.uniform(-0.4, 0.4, (2, 3))
@@ -34,8 +37,9 @@ def main(root: str, per_class: int = 128) -> None:
             im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
             draw = ImageDraw.Draw(im)
             for _ in range(6):
-                x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
-                box = [x0, y0, x0 + int(rng.integers(20, 160)), y0 + int(rng.integers(20, 120))]
+                x0, y0 = int(rng.integers(0, w - 40 * scale)), int(rng.integers(0, h - 40 * scale))
+                box = [x0, y0, x0 + int(rng.integers(20, 160)) * scale,
+                       y0 + int(rng.integers(20, 120)) * scale]
                 colour = tuple(int(v) for v in rng.integers(0, 256, 3))
                 (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
             im.save(os.path.join(d, f"{i:04d}.jpg"), quality=90)
@@ -43,4 +47,5 @@ def main(root: str, per_class: int = 128) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 128)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 128,
+         int(sys.argv[3]) if len(sys.argv) > 3 else 1)
