@@ -237,31 +237,36 @@ fn finish(
     })
 }
 
+/// A JPEG's marker segments before its first scan, as `(marker, offset of the marker's
+/// FF, segment length)`; fill bytes skipped. Stops at the first byte that is not a marker,
+/// or at the end of the data. Entropy-coded data only follows a start of scan (`DA`).
+fn jpeg_segments(bytes: &[u8]) -> impl Iterator<Item = (u8, usize, usize)> + '_ {
+    let mut pos = 2; // after SOI
+    std::iter::from_fn(move || {
+        while pos + 4 <= bytes.len() && bytes[pos] == 0xFF {
+            let marker = bytes[pos + 1];
+            if marker == 0xFF {
+                pos += 1; // fill byte
+                continue;
+            }
+            let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
+            let at = pos;
+            pos += 2 + len;
+            return Some((marker, at, len));
+        }
+        None
+    })
+}
+
 /// A JPEG's first frame header: its marker (`C0` baseline, `C1` extended, `C2` progressive,
 /// ...), sample precision and number of components.
 fn jpeg_frame(bytes: &[u8]) -> Option<(u8, u8, u8)> {
-    let mut pos = 2; // after SOI
-    while pos + 4 <= bytes.len() {
-        if bytes[pos] != 0xFF {
-            return None;
-        }
-        let marker = bytes[pos + 1];
-        if marker == 0xFF {
-            pos += 1;
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
-        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            // SOFn: length, precision, height, width, components.
-            let body = bytes.get(pos + 4..pos + 2 + len)?;
-            return Some((marker, *body.first()?, *body.get(5)?));
-        }
-        if marker == 0xDA {
-            return None;
-        }
-        pos += 2 + len;
-    }
-    None
+    let (marker, at, len) = jpeg_segments(bytes)
+        .take_while(|&(m, _, _)| m != 0xDA)
+        .find(|&(m, _, _)| matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC))?;
+    // SOFn: length, precision, height, width, components.
+    let body = bytes.get(at + 4..at + 2 + len)?;
+    Some((marker, *body.first()?, *body.get(5)?))
 }
 
 /// Whether a JPEG's data ends with an end-of-image marker: walks the marker segments up to
@@ -269,26 +274,11 @@ fn jpeg_frame(bytes: &[u8]) -> Option<(u8, u8, u8)> {
 /// markers), then looks for `FF D9` after it. Inside entropy-coded data `FF` is always
 /// followed by `00` or a restart marker, so any `FF D9` there is a real end of image.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let mut pos = 2; // after SOI
-    while pos + 4 <= bytes.len() {
-        if bytes[pos] != 0xFF {
-            return false;
-        }
-        let marker = bytes[pos + 1];
-        if marker == 0xFF {
-            pos += 1; // fill byte
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
-        pos += 2 + len;
-        if marker == 0xDA {
-            // Start of scan: the rest is scan data and, for progressive files, more scans.
-            return bytes
-                .get(pos..)
-                .is_some_and(|rest| rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
-        }
-    }
-    false
+    // Start of scan: the rest is scan data and, for progressive files, more scans.
+    jpeg_segments(bytes)
+        .find(|&(m, _, _)| m == 0xDA)
+        .and_then(|(_, at, len)| bytes.get(at + 2 + len..))
+        .is_some_and(|rest| rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]))
 }
 
 #[cfg(test)]

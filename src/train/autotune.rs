@@ -153,6 +153,13 @@ fn read_cache(path: &std::path::Path) -> CacheFile {
         .ok()
         .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
         .filter(|c| c.version == CACHE_VERSION)
+        .map(|mut c| {
+            // Whatever else the file holds, only real timings choose a layout.
+            let ok = |s: f64| s.is_finite() && s > 0.0;
+            c.entries
+                .retain(|_, e| ok(e.nchw_s) && ok(e.channels_last_s));
+            c
+        })
         .unwrap_or_default()
 }
 
@@ -411,6 +418,20 @@ mod tests {
         let l = choose_layout_with(&cfg, &spec, 4, Device::Cpu, true, Some(path.clone()));
         assert!(l.reason.contains("remembered"), "{l:?}");
         assert_eq!(read_cache(&path).entries.len(), 1);
+        // Timings that are not times (edited by hand, or another tool's file): ignored.
+        let mut hostile = read_cache(&path);
+        let key = hostile.entries.keys().next().unwrap().clone();
+        hostile.entries.insert(
+            key,
+            Entry {
+                nchw_s: -1.0,
+                channels_last_s: 0.0,
+            },
+        );
+        std::fs::write(&path, serde_json::to_string(&hostile).unwrap()).unwrap();
+        assert!(read_cache(&path).entries.is_empty());
+        let l = choose_layout_with(&cfg, &spec, 4, Device::Cpu, true, Some(path.clone()));
+        assert!(l.reason.contains("remembered"), "{l:?}");
         // A directory where the file should be: still a choice, the run goes on.
         let blocked = dir.path().join("blocked");
         std::fs::create_dir_all(blocked.join(CACHE_FILE)).unwrap();
