@@ -1,14 +1,17 @@
 //! Times hondo's input pipeline alone (issue 4): an image folder read by the parallel
-//! loader with RandomResizedCrop(224) + horizontal flip, batches of 64, and the u8 -> float
-//! normalisation done here on the CPU (the trainer does it on the device) so the work
-//! matches torchvision's `ToTensor` + `Normalize`. Run through `scripts/bench_loader.sh`,
-//! which sets the same workload against torchvision.
+//! loader with RandomResizedCrop(224) + horizontal flip, batches of 64, normalised to
+//! `f32 [64, 3, 224, 224]` (contiguous NCHW, as torchvision's `ToTensor` + `Normalize` +
+//! collate give). As when the trainer runs on the CPU, the loader's workers normalise each
+//! sample into its row of the batch; `HONDO_BENCH_CONSUMER_NORMALIZE=1` makes u8 batches
+//! and normalises them here with libtorch on one thread instead (hondo before 2026-12-03).
+//! Run through `scripts/bench_loader.sh`, which sets the same workload against torchvision.
 //!
 //! Usage: `bench_loader <image-folder split dir> <workers> [epochs]`; prints `images_per_s=`.
 
 use hondo::config::DataConfig;
 use hondo::data::image_folder::{scan, ImageFolder};
 use hondo::data::loader::{Loader, LoaderOptions};
+use hondo::data::normalize::PixelNorm;
 use hondo::data::transforms::Transform;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         image_size: 224,
         ..Default::default()
     };
+    let in_consumer = std::env::var_os("HONDO_BENCH_CONSUMER_NORMALIZE").is_some_and(|v| v == "1");
     let listing = scan(std::path::Path::new(dir), None)?;
     let dataset = Arc::new(ImageFolder::new(
         listing,
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         fail_on_error: true,
         pin_memory: false,
         shard: None,
+        normalize: (!in_consumer).then(|| PixelNorm::new(cfg.mean, cfg.std, false)),
     };
     let loader = Loader::new(dataset, opts)?;
     let mean = Tensor::from_slice(&cfg.mean.map(|m| (m * 255.0) as f32)).view([1, 3, 1, 1]);
@@ -57,14 +62,18 @@ fn main() -> anyhow::Result<()> {
     for epoch in 0..epochs {
         for batch in loader.epoch(epoch, 0) {
             let batch = batch?;
-            // [b, 224, 224, 3] u8 -> [b, 3, 224, 224] f32, normalised.
-            let x = (batch
-                .images
-                .permute([0, 3, 1, 2])
-                .contiguous()
-                .to_kind(Kind::Float)
-                - &mean)
-                * &inv_std;
+            // [b, 224, 224, 3] u8 -> [b, 3, 224, 224] f32, normalised, unless done already.
+            let x = if in_consumer {
+                (batch
+                    .images
+                    .permute([0, 3, 1, 2])
+                    .contiguous()
+                    .to_kind(Kind::Float)
+                    - &mean)
+                    * &inv_std
+            } else {
+                batch.images
+            };
             checksum += x.double_value(&[0, 0, 0, 0]);
             match start {
                 None => start = Some(Instant::now()),

@@ -79,6 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fail_on_error: true,
             pin_memory: false,
             shard: None,
+            normalize: None,
         },
     )?;
     let batches: Vec<_> = loader.epoch(0, 0).collect::<Result<_, _>>()?;

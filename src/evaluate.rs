@@ -8,7 +8,7 @@ use crate::checkpoint::Restored;
 use crate::config::Precision;
 use crate::data::image_folder::{self, ImageFolder, UnknownClass};
 use crate::data::loader::{Loader, LoaderOptions};
-use crate::data::normalize::Normalize;
+use crate::data::normalize::{Normalize, PixelNorm};
 use crate::data::transforms::Transform;
 use crate::data::{self, Dataset};
 use crate::predict;
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::nn::ModuleT;
-use tch::{Kind, Reduction, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 /// Models with more outputs than this get no dense `confusion` matrix in the [`Report`]
 /// (n² counts: 20 000 classes would be 3.2 GB): the off-diagonal counts are in
@@ -371,6 +371,8 @@ pub fn run(restored: &Restored, opts: &EvalOptions) -> crate::Result<Report> {
                 fail_on_error: true,
                 pin_memory: false,
                 shard: None,
+                normalize: (restored.vs.device() == Device::Cpu)
+                    .then(|| PixelNorm::new(meta.mean, meta.std, false)),
             },
         )?;
         let normalize = Normalize::new(meta.mean, meta.std, restored.vs.device(), false);

@@ -9,12 +9,13 @@
 //! naming the sample, and a producer that stops before its last batch for any other reason
 //! ends the epoch with one too.
 
+use super::normalize::PixelNorm;
 use super::{seed, Dataset, SampleError};
 use crossbeam_channel::{bounded, Receiver};
 use rand::seq::SliceRandom;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// How a [`Loader`] batches a dataset.
 #[derive(Debug, Clone)]
@@ -37,6 +38,29 @@ pub struct LoaderOptions {
     pub pin_memory: bool,
     /// Only this process's share of each epoch (data-parallel training); `None`: all.
     pub shard: Option<Shard>,
+    /// Normalise in the workers: batches of `f32 [b, 3, h, w]` model input (in the
+    /// normaliser's layout) instead of `u8 [b, h, w, 3]`; for training on the CPU, where
+    /// the bytes need not travel.
+    pub normalize: Option<PixelNorm>,
+}
+
+impl Default for LoaderOptions {
+    /// Batches of 32 in dataset order, one worker per core, 4 batches queued, stopping at
+    /// the first unreadable sample.
+    fn default() -> LoaderOptions {
+        LoaderOptions {
+            batch_size: 32,
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+            workers: 0,
+            prefetch: 4,
+            fail_on_error: true,
+            pin_memory: false,
+            shard: None,
+            normalize: None,
+        }
+    }
 }
 
 /// One process's share of every epoch in data-parallel training, as PyTorch's
@@ -110,9 +134,11 @@ impl LoadError {
     }
 }
 
-/// One batch: `images` is `u8 [b, h, w, 3]`, `labels` is `i64 [b]`.
+/// One batch: `images` is `u8 [b, h, w, 3]` (or normalised floats), `labels` is `i64 [b]`.
 pub struct Batch {
     /// `u8 [b, h, w, 3]` with `h = w` the dataset's image size; `b` excludes skipped samples.
+    /// With [`LoaderOptions::normalize`]: `f32 [b, 3, h, w]`, contiguous or with
+    /// channels-last strides as the normaliser says.
     pub images: Tensor,
     /// `i64 [b]` class labels, in the order of `images`.
     pub labels: Tensor,
@@ -239,52 +265,135 @@ fn make_batch(
     epoch: usize,
     indices: &[usize],
 ) -> Result<Batch, LoadError> {
-    use rayon::prelude::*;
     let size = dataset.image_size() as usize;
-    let samples: Vec<_> = pool.install(|| {
-        indices
-            .par_iter()
-            .map(|&i| {
-                let rng = &mut seed::rng(&[opts.seed, seed::tag::AUGMENT, epoch as u64, i as u64]);
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dataset.get(i, rng)))
-                    .map_err(|p| {
-                        LoadError::Failed(format!(
-                            "reading sample {i} panicked: {}",
-                            crate::error::panic_message(p.as_ref())
-                        ))
-                    })
-            })
-            .collect()
-    });
-    let mut pixels = Vec::with_capacity(indices.len() * size * size * 3);
-    let mut labels = Vec::with_capacity(indices.len());
+    let (n, s) = (indices.len(), size as i64);
+    let per = size * size * 3;
+    // The batch is allocated once and every worker writes its samples straight into their
+    // rows: nothing is assembled or copied after the pool is done.
+    let (kind, shape) = match &opts.normalize {
+        None => (Kind::Uint8, [n as i64, s, s, 3]),
+        Some(p) if p.channels_last() => (Kind::Float, [n as i64, s, s, 3]),
+        Some(_) => (Kind::Float, [n as i64, 3, s, s]),
+    };
+    let mut images = Tensor::f_empty(shape, (kind, Device::Cpu)).map_err(|e| {
+        LoadError::Failed(format!(
+            "cannot allocate a batch of {n} images of {size}x{size}: {e}"
+        ))
+    })?;
+    let outcomes = match &opts.normalize {
+        None => fill(
+            dataset,
+            pool,
+            opts,
+            epoch,
+            indices,
+            rows_mut::<u8>(&mut images, per),
+            |img, row| row.copy_from_slice(img),
+        ),
+        Some(norm) => fill(
+            dataset,
+            pool,
+            opts,
+            epoch,
+            indices,
+            rows_mut::<f32>(&mut images, per),
+            |img, row| norm.write(img, row),
+        ),
+    };
+    let mut labels = Vec::with_capacity(n);
+    let mut kept = Vec::with_capacity(n);
     let mut skipped = Vec::new();
-    for s in samples {
-        match s? {
-            Ok(s) => {
-                if s.image.len() != size * size * 3 {
-                    return Err(LoadError::Failed(format!(
-                        "a sample of {} bytes, not {size}x{size}x3",
-                        s.image.len()
-                    )));
-                }
-                pixels.extend_from_slice(&s.image);
-                labels.push(s.label);
+    for (row, outcome) in outcomes.into_iter().enumerate() {
+        match outcome? {
+            Ok(label) => {
+                labels.push(label);
+                kept.push(row as i64);
             }
             Err(e) if opts.fail_on_error => return Err(e.into()),
             Err(e) => skipped.push(e),
         }
     }
-    let b = labels.len() as i64;
-    let mut images = Tensor::from_slice(&pixels).view([b, size as i64, size as i64, 3]);
+    if kept.len() < n {
+        images = images.index_select(0, &Tensor::from_slice(&kept));
+    }
+    if opts
+        .normalize
+        .as_ref()
+        .is_some_and(PixelNorm::channels_last)
+    {
+        images = images.permute([0, 3, 1, 2]);
+    }
     if opts.pin_memory {
-        images = images.pin_memory(tch::Device::Cuda(0));
+        images = images.pin_memory(Device::Cuda(0));
     }
     Ok(Batch {
         images,
         labels: Tensor::from_slice(&labels).to_kind(Kind::Int64),
         skipped,
     })
+}
+
+/// Reads `indices` on the pool, each sample written by `write` into its row of `rows`;
+/// per row, the label or why the sample was skipped (in order), or why the batch failed.
+#[allow(clippy::type_complexity)]
+fn fill<T: Send>(
+    dataset: &dyn Dataset,
+    pool: &rayon::ThreadPool,
+    opts: &LoaderOptions,
+    epoch: usize,
+    indices: &[usize],
+    rows: Vec<&mut [T]>,
+    write: impl Fn(&[u8], &mut [T]) + Sync,
+) -> Vec<Result<Result<i64, SampleError>, LoadError>> {
+    use rayon::prelude::*;
+    let want = dataset.image_size() as usize;
+    pool.install(|| {
+        rows.into_par_iter()
+            .zip(indices.par_iter())
+            .map(|(row, &i)| {
+                let rng = &mut seed::rng(&[opts.seed, seed::tag::AUGMENT, epoch as u64, i as u64]);
+                let sample =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dataset.get(i, rng)))
+                        .map_err(|p| {
+                            LoadError::Failed(format!(
+                                "reading sample {i} panicked: {}",
+                                crate::error::panic_message(p.as_ref())
+                            ))
+                        })?;
+                match sample {
+                    Err(e) => Ok(Err(e)),
+                    Ok(s) if s.image.len() != row.len() => Err(LoadError::Failed(format!(
+                        "sample {i} has {} bytes, not {want}x{want}x3",
+                        s.image.len()
+                    ))),
+                    Ok(s) => {
+                        write(&s.image, row);
+                        Ok(Ok(s.label))
+                    }
+                }
+            })
+            .collect()
+    })
+}
+
+/// The elements of `t`, a fresh contiguous CPU tensor of `T`s, as rows of `per` elements,
+/// to be filled in place.
+fn rows_mut<T: tch::kind::Element>(t: &mut Tensor, per: usize) -> Vec<&mut [T]> {
+    let n = t.numel();
+    assert!(
+        t.device() == Device::Cpu && t.kind() == T::KIND && t.is_contiguous(),
+        "rows_mut needs a contiguous CPU tensor of the element type"
+    );
+    if n == 0 || per == 0 {
+        return Vec::new();
+    }
+    // SAFETY: `t` is a contiguous CPU tensor of `n` elements of `T` (checked above), and
+    // `n > 0`, so its data pointer is valid and aligned for `n` `T`s. The slice borrows `t`
+    // mutably: the tensor stays alive and nothing else reads or writes its storage (it was
+    // just allocated and no view of it exists) while the slice lives. Every bit pattern is
+    // a valid `u8` / `f32`, and every element is written before it is read.
+    let all = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n) };
+    all.chunks_mut(per).collect()
 }
 
 /// The batches of one epoch, in order; an error item ends it.
@@ -367,6 +476,7 @@ mod tests {
             fail_on_error: true,
             pin_memory: false,
             shard: None,
+            normalize: None,
         };
         Loader::new(Arc::new(Shapes::new(&cfg, Split::Train)), opts).unwrap()
     }
@@ -435,6 +545,7 @@ mod tests {
                     fail_on_error: true,
                     pin_memory: false,
                     shard,
+                    normalize: None,
                 },
             )
             .unwrap()
@@ -523,6 +634,7 @@ mod tests {
             fail_on_error: false,
             pin_memory: false,
             shard: None,
+            normalize: None,
         };
         Loader::new(Arc::new(ds), opts).unwrap()
     }

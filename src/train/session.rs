@@ -13,7 +13,7 @@ use super::Trainer;
 use crate::checkpoint::{self, atomic};
 use crate::config::{Auto, Config, Precision};
 use crate::data::loader::{Loader, LoaderOptions, Shard};
-use crate::data::normalize::Normalize;
+use crate::data::normalize::{Normalize, PixelNorm};
 use crate::data::{self, seed};
 use crate::device;
 use crate::models::{self, ModelSpec};
@@ -315,6 +315,9 @@ pub(super) fn prepare(
         fail_on_error: cfg.data.on_error == crate::config::OnError::Fail,
         pin_memory: device.is_cuda(),
         shard: shard(shuffle),
+        // On the CPU the workers normalise into the model's layout (see `data::normalize`).
+        normalize: (device == Device::Cpu)
+            .then(|| PixelNorm::new(cfg.data.mean, cfg.data.std, layout.channels_last)),
     };
     let train = Loader::new(splits.train, loader_opts(true))?;
     let val = Loader::new(splits.val, loader_opts(false))?;

@@ -153,6 +153,7 @@ fn loader(ds: Arc<dyn Dataset>, workers: usize, fail: bool) -> Loader {
         fail_on_error: fail,
         pin_memory: false,
         shard: None,
+        normalize: None,
     };
     Loader::new(ds, opts).unwrap()
 }

@@ -177,6 +177,7 @@ channels_last = false
                                 world: 2,
                                 pad: true,
                             }),
+                            normalize: None,
                         },
                     )
                     .unwrap();
