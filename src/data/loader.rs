@@ -456,6 +456,7 @@ impl Drop for Batches {
 mod tests {
     use super::*;
     use crate::config::DataConfig;
+    use crate::data::normalize::Normalize;
     use crate::data::shapes::{Shapes, Split};
     use crate::data::Sample;
     use rand_chacha::ChaCha8Rng;
@@ -587,12 +588,13 @@ mod tests {
         assert_eq!(l.epoch(0, 5).count(), 2);
     }
 
-    /// 20 blank samples of 4x4; `get` panics at `panic_at`, or returns a wrong-sized image
-    /// at `short_at`.
+    /// 20 samples of 4x4, each with its own pixels; `get` panics at `panic_at`, returns a
+    /// wrong-sized image at `short_at`, or an unreadable sample at `bad_at`.
     struct Faulty {
         classes: Vec<String>,
         panic_at: Option<usize>,
         short_at: Option<usize>,
+        bad_at: Option<usize>,
     }
 
     impl Dataset for Faulty {
@@ -609,19 +611,36 @@ mod tests {
             if self.panic_at == Some(index) {
                 panic!("deliberate failure at {index}");
             }
+            if self.bad_at == Some(index) {
+                return Err(SampleError {
+                    item: format!("sample {index}"),
+                    reason: "deliberately unreadable".into(),
+                });
+            }
             let n = if self.short_at == Some(index) { 5 } else { 48 };
             Ok(Sample {
-                image: vec![0; n],
-                label: 0,
+                image: (0..n).map(|k| (index * 13 + k * 5) as u8).collect(),
+                label: index as i64 % 2,
             })
         }
     }
 
     fn faulty(panic_at: Option<usize>, short_at: Option<usize>, workers: usize) -> Loader {
+        faulty_with(panic_at, short_at, None, workers, None)
+    }
+
+    fn faulty_with(
+        panic_at: Option<usize>,
+        short_at: Option<usize>,
+        bad_at: Option<usize>,
+        workers: usize,
+        normalize: Option<PixelNorm>,
+    ) -> Loader {
         let ds = Faulty {
-            classes: vec!["a".into()],
+            classes: vec!["a".into(), "b".into()],
             panic_at,
             short_at,
+            bad_at,
         };
         let opts = LoaderOptions {
             batch_size: 4,
@@ -634,7 +653,7 @@ mod tests {
             fail_on_error: false,
             pin_memory: false,
             shard: None,
-            normalize: None,
+            normalize,
         };
         Loader::new(Arc::new(ds), opts).unwrap()
     }
@@ -667,6 +686,55 @@ mod tests {
         assert_eq!(items.len(), 1);
         let err = items[0].as_ref().err().unwrap().to_string();
         assert!(err.contains("5 bytes, not 4x4x3"), "{err}");
+    }
+
+    #[test]
+    fn a_skipped_sample_leaves_the_same_normalised_batch_in_both_layouts() {
+        // Sample 5 (in the second batch of 4) is unreadable: that batch keeps 3 rows, and the
+        // worker-normalised batch must equal the u8 batch normalised afterwards, bit for bit,
+        // whatever the layout and worker count.
+        let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let bytes: Vec<Batch> = faulty_with(None, None, Some(5), 1, None)
+            .epoch(0, 0)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(bytes.len(), 5);
+        assert_eq!(bytes[1].images.size(), [3, 4, 4, 3]);
+        assert_eq!(bytes[1].skipped.len(), 1);
+        for channels_last in [false, true] {
+            let after = Normalize::new(mean, std, Device::Cpu, channels_last);
+            for workers in [1, 3] {
+                let norm = Some(PixelNorm::new(mean, std, channels_last));
+                let batches: Vec<Batch> = faulty_with(None, None, Some(5), workers, norm)
+                    .epoch(0, 0)
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(batches.len(), bytes.len());
+                for (got, want) in batches.iter().zip(&bytes) {
+                    let expect = after.apply(&want.images);
+                    assert_eq!(got.images.size(), expect.size());
+                    assert_eq!(got.images.kind(), Kind::Float);
+                    assert_eq!(
+                        got.images.stride(),
+                        expect.stride(),
+                        "layout {channels_last}"
+                    );
+                    let bits = |t: &Tensor| -> Vec<u32> {
+                        Vec::<f32>::try_from(t.contiguous().flatten(0, -1))
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect()
+                    };
+                    assert_eq!(bits(&got.images), bits(&expect));
+                    assert_eq!(
+                        Vec::<i64>::try_from(&got.labels).unwrap(),
+                        Vec::<i64>::try_from(&want.labels).unwrap()
+                    );
+                    assert_eq!(got.skipped.len(), want.skipped.len());
+                }
+            }
+        }
     }
 
     #[test]
