@@ -268,6 +268,37 @@ mod tests {
         run_kind(Kind::Float, fused, cl, with_residual, mean, shared)
     }
 
+    /// `relu(bn(x) [+ r])` in training mode (momentum 0.1, eps 1e-5): the fused op, or
+    /// libtorch's ops.
+    fn bn_relu(
+        fused: bool,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        residual: Option<&Tensor>,
+        rm: &Tensor,
+        rv: &Tensor,
+    ) -> Tensor {
+        if fused {
+            return shim::batch_norm_relu(x, weight, bias, residual, rm, rv, 0.1, 1e-5).unwrap();
+        }
+        let y = Tensor::batch_norm(
+            x,
+            Some(weight),
+            Some(bias),
+            Some(rm),
+            Some(rv),
+            true,
+            0.1,
+            1e-5,
+            true,
+        );
+        match residual {
+            Some(r) => (y + r).relu(),
+            None => y.relu(),
+        }
+    }
+
     /// [`run`] with activations of `kind` (parameters and statistics stay float32).
     fn run_kind(
         kind: Kind,
@@ -300,25 +331,7 @@ mod tests {
         let rv = uniform(&[c], 1.0, 2.0);
         let dy = uniform(&[n, c, h, w], -1.0, 1.0).to_kind(kind);
         let residual = with_residual.then_some(&r);
-        let y = if fused {
-            shim::batch_norm_relu(&x, &weight, &bias, residual, &rm, &rv, 0.1, 1e-5).unwrap()
-        } else {
-            let mut y = Tensor::batch_norm(
-                &x,
-                Some(&weight),
-                Some(&bias),
-                Some(&rm),
-                Some(&rv),
-                true,
-                0.1,
-                1e-5,
-                true,
-            );
-            if let Some(r) = residual {
-                y += r;
-            }
-            y.relu()
-        };
+        let y = bn_relu(fused, &x, &weight, &bias, residual, &rm, &rv);
         let other = Tensor::zeros([n, c, h, w], (kind, Device::Cpu)).set_requires_grad(true);
         let out = if shared {
             &y + &other
@@ -465,25 +478,7 @@ mod tests {
                     let rm = Tensor::zeros([c], (Kind::Float, Device::Cpu));
                     let rv = Tensor::ones([c], (Kind::Float, Device::Cpu));
                     let res = residual.then_some(&r);
-                    let y = if fused {
-                        shim::batch_norm_relu(&x, &wt, &b, res, &rm, &rv, 0.1, 1e-5).unwrap()
-                    } else {
-                        let mut y = Tensor::batch_norm(
-                            &x,
-                            Some(&wt),
-                            Some(&b),
-                            Some(&rm),
-                            Some(&rv),
-                            true,
-                            0.1,
-                            1e-5,
-                            true,
-                        );
-                        if let Some(r) = res {
-                            y += r;
-                        }
-                        y.relu()
-                    };
+                    let y = bn_relu(fused, &x, &wt, &b, res, &rm, &rv);
                     (&y * channels_last(&dy0.to_kind(kind)))
                         .sum(Kind::Float)
                         .backward();
