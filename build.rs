@@ -57,6 +57,7 @@ fn compile_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=csrc/cpu_allocator.cpp");
     println!("cargo:rerun-if-changed=csrc/batch_norm_relu.cpp");
+    println!("cargo:rerun-if-changed=csrc/batch_norm_relu_kernels.inc");
     println!("cargo:rerun-if-changed=csrc/export.cpp");
     println!("cargo:rerun-if-changed=csrc/guard.h");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");

@@ -19,8 +19,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -31,12 +33,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Work below this many values per task is not worth a thread.
-constexpr int64_t kGrain = 32768;
-// Values per channel summed in float before the sum moves to a double: kBlock in a plane
-// (NCHW), kRowBlock rows (channels-last).
-constexpr int64_t kBlock = 512;
-constexpr int64_t kRowBlock = 64;
 
 // A 4-D tensor as `outer` x C x `inner` values: NCHW is N x C x HW, channels-last NHW x C x 1.
 struct Shape {
@@ -56,131 +52,6 @@ Shape shape_of(const at::Tensor &x) {
   return {N * HW, C, 1, at::MemoryFormat::ChannelsLast};
 }
 
-// Calls `f(i, c)` for every element: flat offset i, channel c. Rows (channels-last) run the
-// inner loop over channels, planes (NCHW) over one channel's contiguous values.
-template <class F>
-void each(const Shape &s, const F &f) {
-  if (s.inner == 1) {
-    at::parallel_for(0, s.outer, std::max<int64_t>(1, kGrain / s.C), [&](int64_t b, int64_t e) {
-      const F f_ = f;  // captures in registers, not reloaded through a reference
-      for (int64_t r = b; r < e; r++) {
-        const int64_t base = r * s.C;
-#pragma omp simd
-        for (int64_t c = 0; c < s.C; c++) f_(base + c, c);
-      }
-    });
-  } else {
-    at::parallel_for(0, s.outer * s.C, std::max<int64_t>(1, kGrain / s.inner),
-                     [&](int64_t b, int64_t e) {
-                       const F f_ = f;
-                       for (int64_t p = b; p < e; p++) {
-                         const int64_t c = p % s.C, base = p * s.inner;
-#pragma omp simd
-                         for (int64_t i = 0; i < s.inner; i++) f_(base + i, c);
-                       }
-                     });
-  }
-}
-
-// Per-channel sums of the two values `f(i, c)` returns (a std::pair of floats), in double:
-// float within blocks of kBlock values, so the inner loops vectorise.
-template <class F>
-std::pair<std::vector<double>, std::vector<double>> sums(const Shape &s, const F &f) {
-  const int64_t C = s.C;
-  std::vector<double> s1(C, 0.0), s2(C, 0.0);
-  if (s.inner == 1) {
-    // Rows split into one chunk per thread, each with its own accumulators.
-    const int64_t T = std::max<int64_t>(
-        1, std::min<int64_t>(at::get_num_threads(), s.outer * C / kGrain + 1));
-    std::vector<double> acc(2 * T * C, 0.0);
-    at::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
-      const F f_ = f;
-      std::vector<float> block(2 * C);
-      float *f1 = block.data(), *f2 = f1 + C;
-      for (int64_t t = b; t < e; t++) {
-        const int64_t r0 = s.outer * t / T, r1 = s.outer * (t + 1) / T;
-        double *d1 = &acc[2 * t * C], *d2 = d1 + C;
-        for (int64_t r = r0; r < r1; r += kRowBlock) {
-          std::fill(block.begin(), block.end(), 0.0f);
-          const int64_t end = std::min(r1, r + kRowBlock);
-          for (int64_t row = r; row < end; row++) {
-            const int64_t base = row * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) {
-              const auto v = f_(base + c, c);
-              f1[c] += v.first;
-              f2[c] += v.second;
-            }
-          }
-          for (int64_t c = 0; c < C; c++) {
-            d1[c] += f1[c];
-            d2[c] += f2[c];
-          }
-        }
-      }
-    });
-    for (int64_t t = 0; t < T; t++)
-      for (int64_t c = 0; c < C; c++) {
-        s1[c] += acc[2 * t * C + c];
-        s2[c] += acc[2 * t * C + C + c];
-      }
-  } else {
-    at::parallel_for(0, C, std::max<int64_t>(1, kGrain / s.per_channel()),
-                     [&](int64_t b, int64_t e) {
-                       const F f_ = f;
-                       for (int64_t c = b; c < e; c++) {
-                         double d1 = 0.0, d2 = 0.0;
-                         for (int64_t o = 0; o < s.outer; o++) {
-                           const int64_t base = (o * C + c) * s.inner;
-                           for (int64_t i0 = 0; i0 < s.inner; i0 += kBlock) {
-                             const int64_t i1 = std::min(s.inner, i0 + kBlock);
-                             float a1 = 0.0f, a2 = 0.0f;
-#pragma omp simd reduction(+ : a1, a2)
-                             for (int64_t i = i0; i < i1; i++) {
-                               const auto v = f_(base + i, c);
-                               a1 += v.first;
-                               a2 += v.second;
-                             }
-                             d1 += a1;
-                             d2 += a2;
-                           }
-                         }
-                         s1[c] = d1;
-                         s2[c] = d2;
-                       }
-                     });
-  }
-  return {std::move(s1), std::move(s2)};
-}
-
-// Activations are float32, or bfloat16 under CPU autocast (the parameters and statistics stay
-// float32, as in libtorch's mixed-type BatchNorm). bfloat16 values are read and written as
-// their bits, so that the loops vectorise; the arithmetic is float32 throughout.
-inline float load(const float *p, int64_t i) { return p[i]; }
-inline float load(const uint16_t *p, int64_t i) {
-  const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline void store(float *p, int64_t i, float v) { p[i] = v; }
-// Round to nearest even, NaN kept a (quiet) NaN: c10::BFloat16's conversion.
-inline void store(uint16_t *p, int64_t i, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
-  p[i] = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
-}
-
-template <class T>
-const T *data(const at::Tensor &t) {
-  return static_cast<const T *>(t.const_data_ptr());
-}
-const float *floats(const at::Tensor &t) { return data<float>(t); }
-template <class T>
-T *mutable_data(at::Tensor &t) {
-  return static_cast<T *>(t.mutable_data_ptr());
-}
 
 void check_channel_vector(const at::Tensor &t, const char *name, int64_t C) {
   TORCH_CHECK(t.is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == C &&
@@ -193,130 +64,89 @@ at::Tensor empty_like_layout(const at::Tensor &t, const Shape &s) {
   return at::empty(t.sizes(), t.options().memory_format(s.format));
 }
 
-// Batch statistics, running-statistics update and the output. Returns `coef` =
-// [mean, invstd, scale, shift] (float32, one row of C each).
+// The kernels, compiled three times: for any x86-64 CPU (SSE2), for AVX2 and for AVX-512.
+// Only the functions defined in the .inc get the wider instruction set; ATen's and the
+// standard library's inline functions keep the build's baseline, so no copy of them that
+// needs AVX-512 can be picked up by code that runs on a CPU without it.
+namespace isa_default {
+#include "batch_norm_relu_kernels.inc"
+}  // namespace isa_default
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace isa_avx2 {
+#include "batch_norm_relu_kernels.inc"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+namespace isa_avx512 {
+#include "batch_norm_relu_kernels.inc"
+}  // namespace isa_avx512
+#pragma GCC pop_options
+
+// One instruction set for the process, chosen once: the widest the CPU has, or a narrower
+// one named by HONDO_FUSED_BN_ISA (`sse2`, `avx2`, `avx512`: for benchmarks and tests; a
+// wider one than the CPU has, or another value, is ignored). The forward and the backward
+// always run the same compilation, so the backward's recomputed ReLU mask matches.
+enum class Isa { Sse2 = 0, Avx2 = 1, Avx512 = 2 };
+
+Isa isa() {
+  static const Isa chosen = [] {
+    __builtin_cpu_init();
+    Isa best = Isa::Sse2;
+    if (__builtin_cpu_supports("avx2")) best = Isa::Avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      best = Isa::Avx512;
+    const char *env = std::getenv("HONDO_FUSED_BN_ISA");
+    if (!env) return best;
+    const std::string want(env);
+    const Isa asked = want == "sse2" ? Isa::Sse2 : want == "avx2" ? Isa::Avx2
+                      : want == "avx512" ? Isa::Avx512 : best;
+    return static_cast<int>(asked) <= static_cast<int>(best) ? asked : best;
+  }();
+  return chosen;
+}
+
+const char *isa_name(Isa i) {
+  return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "sse2";
+}
+
 template <class T>
 at::Tensor forward_impl(const Shape &s, const at::Tensor &input, const at::Tensor &weight,
                         const at::Tensor &bias, const at::Tensor *residual,
                         at::Tensor &running_mean, at::Tensor &running_var, double momentum,
                         double eps, at::Tensor &out) {
-  const int64_t C = s.C, M = s.per_channel();
-  // Statistics, shifted by one sample per channel so that a large mean costs no precision.
-  const T *x = data<T>(input);
-  std::vector<float> shift(C);
-  for (int64_t c = 0; c < C; c++) shift[c] = load(x, c * s.inner);
-  const float *k = shift.data();
-  auto [sum, sq] = sums(s, [x, k](int64_t i, int64_t c) {
-    const float d = load(x, i) - k[c];
-    return std::make_pair(d, d * d);
-  });
-
-  auto coef = at::empty({4, C}, weight.options());
-  float *mean = coef.data_ptr<float>(), *invstd = mean + C, *scale = mean + 2 * C,
-        *offset = mean + 3 * C;
-  const float *w = floats(weight), *b = floats(bias);
-  float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
-  for (int64_t c = 0; c < C; c++) {
-    const double d = sum[c] / M, mu = shift[c] + d;
-    const double var = std::max(sq[c] / M - d * d, 0.0);
-    const double is = 1.0 / std::sqrt(var + eps);
-    mean[c] = static_cast<float>(mu);
-    invstd[c] = static_cast<float>(is);
-    scale[c] = static_cast<float>(w[c] * is);
-    offset[c] = static_cast<float>(b[c] - mu * w[c] * is);
-    rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * mu);
-    rv[c] = static_cast<float>((1.0 - momentum) * rv[c] +
-                               momentum * var * static_cast<double>(M) / (M - 1));
+  switch (isa()) {
+    case Isa::Avx512:
+      return isa_avx512::forward_impl<T>(s, input, weight, bias, residual, running_mean,
+                                         running_var, momentum, eps, out);
+    case Isa::Avx2:
+      return isa_avx2::forward_impl<T>(s, input, weight, bias, residual, running_mean,
+                                       running_var, momentum, eps, out);
+    default:
+      return isa_default::forward_impl<T>(s, input, weight, bias, residual, running_mean,
+                                          running_var, momentum, eps, out);
   }
-
-  out = empty_like_layout(input, s);
-  T *y = mutable_data<T>(out);
-  const float *a = scale, *o = offset;
-  if (residual) {
-    const T *rp = data<T>(*residual);
-    each(s, [=](int64_t i, int64_t c) {
-      const float v = load(x, i) * a[c] + o[c] + load(rp, i);
-      store(y, i, v < 0.0f ? 0.0f : v);
-    });
-  } else {
-    each(s, [=](int64_t i, int64_t c) {
-      const float v = load(x, i) * a[c] + o[c];
-      store(y, i, v < 0.0f ? 0.0f : v);
-    });
-  }
-  return coef;
 }
 
-// Gradients of input, weight, bias and residual (undefined without one). `saved` is the
-// output with a residual, else the bias (the mask is then recomputed from the input).
 template <class T>
 variable_list backward_impl(const Shape &s, at::Tensor dout, const at::Tensor &input,
                             const at::Tensor &weight, const at::Tensor &saved,
                             const at::Tensor &coef, bool has_residual) {
-  const int64_t C = s.C, M = s.per_channel();
-  // A gradient nothing else holds is overwritten elementwise (by the residual gradient, or
-  // else by the input gradient) instead of allocating another activation-sized buffer:
-  // libtorch's unfused ops hold at most two such buffers at once, and so does this.
-  const bool reuse = dout.use_count() == 1 && dout.storage().use_count() == 1;
-  const T *dy = data<T>(dout), *x = data<T>(input);
-  const float *mean = floats(coef), *a = mean + 2 * C, *o = mean + 3 * C;
-  const float *invstd = mean + C;
-
-  // The gradient behind the ReLU: into the residual as it is, and into BatchNorm.
-  at::Tensor dres;
-  std::pair<std::vector<double>, std::vector<double>> sg;
-  if (has_residual) {
-    const T *y = data<T>(saved);
-    dres = reuse ? dout : empty_like_layout(input, s);
-    T *g = mutable_data<T>(dres);
-    sg = sums(s, [=](int64_t i, int64_t c) {
-      const float d = load(dy, i);  // loaded unconditionally, so the loop vectorises
-      const float gi = load(y, i) <= 0.0f ? 0.0f : d;
-      store(g, i, gi);
-      return std::make_pair(gi, gi * (load(x, i) - mean[c]));
-    });
-  } else {
-    sg = sums(s, [=](int64_t i, int64_t c) {
-      const float d = load(dy, i), xi = load(x, i);
-      const float gi = xi * a[c] + o[c] <= 0.0f ? 0.0f : d;
-      return std::make_pair(gi, gi * (xi - mean[c]));
-    });
+  switch (isa()) {
+    case Isa::Avx512:
+      return isa_avx512::backward_impl<T>(s, std::move(dout), input, weight, saved, coef,
+                                          has_residual);
+    case Isa::Avx2:
+      return isa_avx2::backward_impl<T>(s, std::move(dout), input, weight, saved, coef,
+                                        has_residual);
+    default:
+      return isa_default::backward_impl<T>(s, std::move(dout), input, weight, saved, coef,
+                                           has_residual);
   }
-
-  // dbias = sum(g), dweight = sum(g * xhat); dx = k1 * g + k2 * (x - mean) + k3.
-  auto dweight = at::empty({C}, weight.options());
-  auto dbias = at::empty({C}, weight.options());
-  auto k = at::empty({3, C}, weight.options());
-  float *dw = dweight.data_ptr<float>(), *db = dbias.data_ptr<float>();
-  float *k1 = k.data_ptr<float>(), *k2 = k1 + C, *k3 = k1 + 2 * C;
-  const float *w = floats(weight);
-  for (int64_t c = 0; c < C; c++) {
-    const double is = invstd[c], gsum = sg.first[c], gxhat = sg.second[c] * is;
-    dw[c] = static_cast<float>(gxhat);
-    db[c] = static_cast<float>(gsum);
-    const double scale = w[c] * is;
-    k1[c] = static_cast<float>(scale);
-    k2[c] = static_cast<float>(-scale * is * gxhat / M);
-    k3[c] = static_cast<float>(-scale * gsum / M);
-  }
-  if (has_residual) dout.reset();  // read through `dres` from here on
-  auto dinput = reuse && !has_residual ? dout : empty_like_layout(input, s);
-  T *dx = mutable_data<T>(dinput);
-  const float *q1 = k1, *q2 = k2, *q3 = k3;
-  if (has_residual) {
-    const T *g = data<T>(dres);
-    each(s, [=](int64_t i, int64_t c) {
-      store(dx, i, load(g, i) * q1[c] + (load(x, i) - mean[c]) * q2[c] + q3[c]);
-    });
-  } else {
-    each(s, [=](int64_t i, int64_t c) {
-      const float d = load(dy, i), xi = load(x, i);
-      const float gi = xi * a[c] + o[c] <= 0.0f ? 0.0f : d;
-      store(dx, i, gi * q1[c] + (xi - mean[c]) * q2[c] + q3[c]);
-    });
-  }
-  return {dinput, dweight, dbias, dres, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
 }
+
 
 struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
   // Saved: x, weight, then bias (no residual: the mask is recomputed from x) or the output
@@ -389,5 +219,9 @@ char *hondo_batch_norm_relu(at::Tensor *input, at::Tensor *weight, at::Tensor *b
     *out = new at::Tensor(std::move(y));
   })
 }
+
+// The instruction set the fused kernels run with in this process: "avx512", "avx2" or
+// "sse2" (static storage).
+const char *hondo_fused_bn_isa() { return isa_name(isa()); }
 
 }  // extern "C"

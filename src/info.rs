@@ -56,11 +56,13 @@ pub fn info() -> Info {
         cuda_backend: backend.to_string(),
         allocator: crate::allocator::policy().into(),
         fused_batch_norm_relu: if crate::models::layers::fused_enabled() {
-            "on (CPU training: fp32, bf16 channels-last)"
+            format!(
+                "on (CPU training: fp32, bf16 channels-last; {} kernels)",
+                crate::shim::fused_bn_isa()
+            )
         } else {
-            "off (HONDO_FUSED_BN=0)"
-        }
-        .into(),
+            "off (HONDO_FUSED_BN=0)".into()
+        },
         cuda_available: cuda,
         cudnn_available: cuda && Cuda::cudnn_is_available(),
         cuda_devices: (0..count as usize)

@@ -71,7 +71,17 @@ mod ffi {
             eps: f64,
             out: *mut *mut C_tensor,
         ) -> *mut c_char;
+        pub fn hondo_fused_bn_isa() -> *const c_char;
     }
+}
+
+/// The instruction set the fused BatchNorm + ReLU kernels run with in this process:
+/// `"avx512"`, `"avx2"` or `"sse2"`: the widest this CPU has, or a narrower one named by
+/// `HONDO_FUSED_BN_ISA`.
+pub fn fused_bn_isa() -> &'static str {
+    // SAFETY: the shim returns a pointer to a static NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(ffi::hondo_fused_bn_isa()) };
+    name.to_str().unwrap_or("unknown")
 }
 
 /// A libtorch error raised inside the shim.

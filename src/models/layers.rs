@@ -531,4 +531,53 @@ mod tests {
         assert_eq!(bn.num_batches_tracked.int64_value(&[]), 2);
         assert!(bn.running_mean.equal(&before));
     }
+
+    /// The comparisons with libtorch's ops above, on each compilation of the fused kernels
+    /// this CPU can run (`HONDO_FUSED_BN_ISA`, chosen once per process, hence this test
+    /// binary run again for each one).
+    #[test]
+    fn fused_kernels_match_libtorch_on_every_instruction_set_this_cpu_has() {
+        if std::env::var_os("HONDO_FUSED_BN_ISA").is_some() {
+            return; // a child run: the others are what it is for
+        }
+        let best = crate::shim::fused_bn_isa();
+        let all = ["sse2", "avx2", "avx512"];
+        let upto = all
+            .iter()
+            .position(|i| *i == best)
+            .expect("a known instruction set");
+        let tests = [
+            "fused_batch_norm_relu_matches_libtorchs_ops_in_both_layouts",
+            "fused_batch_norm_relu_in_bfloat16_matches_libtorchs_mixed_type_ops",
+            "fused_bfloat16_is_as_close_to_float32_as_libtorchs_bfloat16_ops",
+            "fused_kernel_instruction_set_follows_the_environment",
+        ];
+        let exe = std::env::current_exe().unwrap();
+        for isa in &all[..=upto] {
+            let out = std::process::Command::new(&exe)
+                .args(tests.iter().map(|t| format!("models::layers::tests::{t}")))
+                .args(["--exact", "--test-threads", "1"])
+                .env("HONDO_FUSED_BN_ISA", isa)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains(&format!("{} passed", tests.len())),
+                "{isa}: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn fused_kernel_instruction_set_follows_the_environment() {
+        let isa = crate::shim::fused_bn_isa();
+        assert!(["sse2", "avx2", "avx512"].contains(&isa), "{isa}");
+        if let Ok(want) = std::env::var("HONDO_FUSED_BN_ISA") {
+            assert_eq!(
+                isa, want,
+                "the CPU can run every set the parent test asks for"
+            );
+        }
+    }
 }
