@@ -33,7 +33,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-
 // A 4-D tensor as `outer` x C x `inner` values: NCHW is N x C x HW, channels-last NHW x C x 1.
 struct Shape {
   int64_t outer, C, inner;
@@ -51,7 +50,6 @@ Shape shape_of(const at::Tensor &x) {
               "batch_norm_relu: the input is neither NCHW nor channels-last contiguous");
   return {N * HW, C, 1, at::MemoryFormat::ChannelsLast};
 }
-
 
 void check_channel_vector(const at::Tensor &t, const char *name, int64_t C) {
   TORCH_CHECK(t.is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == C &&
@@ -112,41 +110,24 @@ const char *isa_name(Isa i) {
   return i == Isa::Avx512 ? "avx512" : i == Isa::Avx2 ? "avx2" : "sse2";
 }
 
+// The forward and the backward of one compilation, for activations of type T.
 template <class T>
-at::Tensor forward_impl(const Shape &s, const at::Tensor &input, const at::Tensor &weight,
-                        const at::Tensor &bias, const at::Tensor *residual,
-                        at::Tensor &running_mean, at::Tensor &running_var, double momentum,
-                        double eps, at::Tensor &out) {
-  switch (isa()) {
-    case Isa::Avx512:
-      return isa_avx512::forward_impl<T>(s, input, weight, bias, residual, running_mean,
-                                         running_var, momentum, eps, out);
-    case Isa::Avx2:
-      return isa_avx2::forward_impl<T>(s, input, weight, bias, residual, running_mean,
-                                       running_var, momentum, eps, out);
-    default:
-      return isa_default::forward_impl<T>(s, input, weight, bias, residual, running_mean,
-                                          running_var, momentum, eps, out);
-  }
-}
+struct Kernels {
+  decltype(&isa_default::forward_impl<T>) forward;
+  decltype(&isa_default::backward_impl<T>) backward;
+};
 
 template <class T>
-variable_list backward_impl(const Shape &s, at::Tensor dout, const at::Tensor &input,
-                            const at::Tensor &weight, const at::Tensor &saved,
-                            const at::Tensor &coef, bool has_residual) {
+Kernels<T> kernels() {
   switch (isa()) {
     case Isa::Avx512:
-      return isa_avx512::backward_impl<T>(s, std::move(dout), input, weight, saved, coef,
-                                          has_residual);
+      return {isa_avx512::forward_impl<T>, isa_avx512::backward_impl<T>};
     case Isa::Avx2:
-      return isa_avx2::backward_impl<T>(s, std::move(dout), input, weight, saved, coef,
-                                        has_residual);
+      return {isa_avx2::forward_impl<T>, isa_avx2::backward_impl<T>};
     default:
-      return isa_default::backward_impl<T>(s, std::move(dout), input, weight, saved, coef,
-                                           has_residual);
+      return {isa_default::forward_impl<T>, isa_default::backward_impl<T>};
   }
 }
-
 
 struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
   // Saved: x, weight, then bias (no residual: the mask is recomputed from x) or the output
@@ -175,10 +156,10 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
     const at::Tensor *rp = has_residual ? &r : nullptr;
     const auto coef =
         input.scalar_type() == at::kBFloat16
-            ? forward_impl<uint16_t>(s, input, weight, bias, rp, running_mean, running_var,
-                                     momentum, eps, out)
-            : forward_impl<float>(s, input, weight, bias, rp, running_mean, running_var,
-                                  momentum, eps, out);
+            ? kernels<uint16_t>().forward(s, input, weight, bias, rp, running_mean,
+                                          running_var, momentum, eps, out)
+            : kernels<float>().forward(s, input, weight, bias, rp, running_mean, running_var,
+                                       momentum, eps, out);
     ctx->save_for_backward({input, weight, has_residual ? out : bias, coef});
     ctx->saved_data["residual"] = has_residual;
     return out;
@@ -194,10 +175,10 @@ struct BatchNormRelu : public torch::autograd::Function<BatchNormRelu> {
     if (dout.scalar_type() != input.scalar_type()) dout = dout.to(input.scalar_type());
     if (!dout.is_contiguous(s.format)) dout = dout.contiguous(s.format);
     return input.scalar_type() == at::kBFloat16
-               ? backward_impl<uint16_t>(s, std::move(dout), input, saved[1], saved[2],
-                                         saved[3], has_residual)
-               : backward_impl<float>(s, std::move(dout), input, saved[1], saved[2], saved[3],
-                                      has_residual);
+               ? kernels<uint16_t>().backward(s, std::move(dout), input, saved[1], saved[2],
+                                              saved[3], has_residual)
+               : kernels<float>().backward(s, std::move(dout), input, saved[1], saved[2],
+                                           saved[3], has_residual);
   }
 };
 
