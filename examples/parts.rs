@@ -107,6 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch: 0,
         step: 0,
         metrics: BTreeMap::new(),
+        last_epoch: None,
         best: None,
         epochs_without_improvement: 0,
         world_size: 1,

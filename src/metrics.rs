@@ -2,7 +2,7 @@
 //! `metrics.jsonl` in the run directory.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::Path;
 
 /// The file in a run directory that holds one line of [`EpochMetrics`] per epoch.
@@ -107,17 +107,16 @@ impl Running {
     }
 }
 
-/// Appends one line to `path`.
+/// Appends one line to `path`, in one `write` (a process killed while appending leaves at
+/// worst a torn last line, which [`restore`] drops).
 pub fn append(path: &Path, m: &EpochMetrics) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
+    let mut line = serde_json::to_string(m).expect("metrics serialise");
+    line.push('\n');
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)?;
-    writeln!(
-        f,
-        "{}",
-        serde_json::to_string(m).expect("metrics serialise")
-    )
+        .open(path)?
+        .write_all(line.as_bytes())
 }
 
 /// Largest `metrics.jsonl` read (256 MiB: millions of epochs).
@@ -133,6 +132,15 @@ pub fn read(path: &Path) -> crate::Result<Vec<EpochMetrics>> {
     };
     let bytes = crate::file::read_regular(path, MAX_METRICS_BYTES)
         .map_err(|e| fail(format!("cannot read: {e}")))?;
+    parse(path, bytes)
+}
+
+/// The lines of a `metrics.jsonl` read from `path`, as [`read`] returns them.
+fn parse(path: &Path, bytes: Vec<u8>) -> crate::Result<Vec<EpochMetrics>> {
+    let fail = |reason: String| crate::Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
     let text = String::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
     let mut out: Vec<EpochMetrics> = Vec::new();
     for (i, line) in text
@@ -147,6 +155,57 @@ pub fn read(path: &Path) -> crate::Result<Vec<EpochMetrics>> {
     }
     out.sort_by_key(|m| m.epoch);
     Ok(out)
+}
+
+/// Mends a resumed run's `metrics.jsonl` before the run appends to it, and says what it
+/// did (`None`: nothing to mend).
+///
+/// - A torn last line (the process was killed while appending it) is cut off; a last
+///   line that is whole but lacks its newline gets one.
+/// - `last_epoch`, the last finished epoch as the run's checkpoint recorded it, is
+///   appended when the file has no line for that epoch: the checkpoint is written before
+///   the epoch's line, so a process killed between the two lost it. A missing file is
+///   created.
+pub fn restore(path: &Path, last_epoch: Option<&EpochMetrics>) -> crate::Result<Option<String>> {
+    let fail = |reason: String| crate::Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut bytes = match crate::file::read_regular(path, MAX_METRICS_BYTES) {
+        Ok(b) => b,
+        Err(_) if !path.exists() => Vec::new(),
+        Err(e) => return Err(fail(format!("cannot read: {e}"))),
+    };
+    let mut done = Vec::new();
+    if bytes.last().is_some_and(|&b| b != b'\n') {
+        let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let whole = serde_json::from_slice::<EpochMetrics>(&bytes[start..]).is_ok();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| fail(format!("cannot open for writing: {e}")))?;
+        if whole {
+            f.seek(std::io::SeekFrom::End(0))
+                .and_then(|_| f.write_all(b"\n"))
+                .map_err(|e| fail(format!("cannot write: {e}")))?;
+            bytes.push(b'\n');
+        } else {
+            f.set_len(start as u64)
+                .map_err(|e| fail(format!("cannot truncate: {e}")))?;
+            bytes.truncate(start);
+            done.push("cut off a torn last line".to_string());
+        }
+    }
+    let lines = parse(path, bytes)?;
+    if let Some(m) = last_epoch.filter(|m| !lines.iter().any(|l| l.epoch == m.epoch)) {
+        append(path, m).map_err(|e| fail(format!("cannot append: {e}")))?;
+        done.push(format!(
+            "restored epoch {}'s line from the checkpoint (the run was stopped between \
+             writing the checkpoint and the line)",
+            m.epoch
+        ));
+    }
+    Ok((!done.is_empty()).then(|| done.join("; ")))
 }
 
 #[cfg(test)]
@@ -202,5 +261,59 @@ mod tests {
         )
         .unwrap();
         assert!(read(&p).unwrap()[1].train_loss.is_nan());
+    }
+
+    #[test]
+    fn restore_mends_a_torn_or_unterminated_tail_and_adds_only_a_missing_epoch() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let m = |epoch| EpochMetrics {
+            epoch,
+            step: 10 * epoch,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            val_loss: 0.9,
+            val_acc: 0.6,
+            lr: 0.1,
+            images_per_sec: 100.0,
+            seconds: 1.0,
+            skipped: 0,
+            val_loss_ema: None,
+            val_acc_ema: None,
+        };
+        let epochs = || {
+            read(&p)
+                .unwrap()
+                .iter()
+                .map(|m| m.epoch)
+                .collect::<Vec<_>>()
+        };
+        // No file: created with the checkpoint's epoch.
+        assert!(restore(&p, Some(&m(1)))
+            .unwrap()
+            .unwrap()
+            .contains("epoch 1"));
+        assert_eq!(epochs(), [1]);
+        // The epoch is there: nothing to do, nothing written.
+        let before = std::fs::read(&p).unwrap();
+        assert_eq!(restore(&p, Some(&m(1))).unwrap(), None);
+        assert_eq!(restore(&p, None).unwrap(), None);
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        // A torn line is cut off; the missing epoch is added after the whole lines.
+        let line = serde_json::to_string(&m(2)).unwrap();
+        std::fs::write(&p, [&before[..], &line.as_bytes()[..9]].concat()).unwrap();
+        let said = restore(&p, Some(&m(2))).unwrap().unwrap();
+        assert!(said.contains("torn") && said.contains("epoch 2"), "{said}");
+        assert_eq!(epochs(), [1, 2]);
+        // A whole last line without its newline is kept, and terminated.
+        std::fs::write(&p, [&before[..], line.as_bytes()].concat()).unwrap();
+        assert_eq!(restore(&p, Some(&m(2))).unwrap(), None);
+        append(&p, &m(3)).unwrap();
+        assert_eq!(epochs(), [1, 2, 3]);
+        // A file that is not metrics is an error naming it, and is left as it was.
+        std::fs::write(&p, "not json\n").unwrap();
+        let e = restore(&p, Some(&m(1))).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"not json\n");
     }
 }

@@ -66,6 +66,12 @@ pub struct Meta {
     pub step: usize,
     /// Metrics of the last finished epoch (`val_acc`, `val_loss`, ...).
     pub metrics: BTreeMap<String, f64>,
+    /// The last finished epoch's whole line of `metrics.jsonl` (its `epoch` equals
+    /// [`Meta::epoch`]), so that a resume restores the line when the run was killed
+    /// after writing this checkpoint but before the line ([`crate::metrics::restore`]).
+    /// `None` before the first epoch ends, and in checkpoints of hondo 0.1 before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_epoch: Option<crate::metrics::EpochMetrics>,
     /// Best monitored value so far and its epoch (1-based).
     pub best: Option<(f64, usize)>,
     /// Consecutive epochs without improvement (early stopping).
@@ -187,6 +193,17 @@ fn validate_meta(path: &Path, m: &Meta) -> Result<(), CheckpointError> {
     }
     if !m.std.iter().all(|v| v.is_finite() && *v > 0.0) {
         return bad("std", format!("must be finite and > 0, got {:?}", m.std));
+    }
+    if let Some(l) = &m.last_epoch {
+        if l.epoch != m.epoch || l.step > m.step {
+            return bad(
+                "last_epoch",
+                format!(
+                    "is epoch {} at step {}, but the checkpoint is at epoch {} step {}",
+                    l.epoch, l.step, m.epoch, m.step
+                ),
+            );
+        }
     }
     if !(1..=crate::dist::MAX_WORLD).contains(&m.world_size) {
         return bad(
@@ -530,6 +547,20 @@ mod tests {
             batch: 0,
             step: 30,
             metrics: BTreeMap::from([("val_acc".into(), 0.75)]),
+            last_epoch: Some(crate::metrics::EpochMetrics {
+                epoch: 3,
+                step: 30,
+                train_loss: 0.5,
+                train_acc: 0.8,
+                val_loss: 0.6,
+                val_acc: 0.75,
+                lr: 0.01,
+                images_per_sec: 120.0,
+                seconds: 2.5,
+                skipped: 0,
+                val_loss_ema: None,
+                val_acc_ema: None,
+            }),
             best: Some((0.75, 3)),
             epochs_without_improvement: 0,
             world_size: 1,
@@ -587,6 +618,8 @@ mod tests {
             ("crop_fraction", |m| m.crop_fraction = 1.5),
             ("std", |m| m.std[2] = 0.0),
             ("std", |m| m.std[0] = -1.0),
+            ("last_epoch", |m| m.last_epoch.as_mut().unwrap().epoch = 2),
+            ("last_epoch", |m| m.last_epoch.as_mut().unwrap().step = 31),
             ("world_size", |m| m.world_size = 0),
             ("world_size", |m| m.world_size = usize::MAX),
             // Any name can be a custom model's; an empty one is no name.

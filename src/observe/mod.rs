@@ -72,6 +72,12 @@ pub struct RunInfo<'a> {
     pub resumed_at: Option<(usize, usize)>,
     /// Optimizer steps already done (non-zero only for a resumed run).
     pub step: usize,
+    /// For a resumed run, the last finished epoch's metrics as its checkpoint recorded
+    /// them. The checkpoints of an epoch are written before [`Observer::epoch_ended`]
+    /// runs, so a process killed in between resumes past an epoch its observers never
+    /// saw end: an observer that keeps a record per epoch can fill the gap from this
+    /// ([`MetricsLog`] does).
+    pub last_epoch: Option<&'a EpochMetrics>,
     /// The data-parallel job, when the run is one (observers run on its rank 0 only).
     pub data_parallel: Option<DataParallel>,
 }

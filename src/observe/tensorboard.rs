@@ -12,12 +12,15 @@
 //! `checkpoint.tensorboard_every_steps` steps. A resumed run appends to the run's file: it
 //! first writes a `SessionLog` START at the first step it will run, which tells TensorBoard
 //! to drop what the interrupted attempt logged past its checkpoint (as TensorFlow's
-//! supervisor does on restart), so every step appears once.
+//! supervisor does on restart), so every step appears once. Resumed from an epoch's end,
+//! the START is at that epoch's last step, and the epoch's scalars are logged again from
+//! the checkpoint: the attempt may have been killed between its checkpoint and its log.
 //!
 //! A write that fails (a full disk) is reported once as a warning and ends the writing,
 //! not the run.
 
 use super::{EpochEnd, Observer, ObserverResult, RunInfo, StepReport};
+use crate::metrics::EpochMetrics;
 use prost::Message;
 use std::fs::File;
 use std::io::Write;
@@ -145,6 +148,20 @@ impl TensorBoard {
         }
     }
 
+    /// An epoch's losses and accuracies, at its last step.
+    fn epoch_scalars(&mut self, step: usize, m: &EpochMetrics) {
+        let mut values = vec![
+            ("train/loss", m.train_loss),
+            ("train/acc", m.train_acc),
+            ("val/loss", m.val_loss),
+            ("val/acc", m.val_acc),
+        ];
+        if let (Some(loss), Some(acc)) = (m.val_loss_ema, m.val_acc_ema) {
+            values.extend([("val/loss_ema", loss), ("val/acc_ema", acc)]);
+        }
+        self.scalars(step, &values);
+    }
+
     fn scalars(&mut self, step: usize, values: &[(&str, f64)]) {
         let value = values
             .iter()
@@ -186,12 +203,35 @@ impl Observer for TensorBoard {
         if fresh {
             self.write(0, What::FileVersion("brain.Event:2".into()));
         } else {
+            // Resumed from an epoch's end: its scalars are logged after its checkpoint, so
+            // the attempt may have been killed before logging them. Restart at that step
+            // itself and log them again from the checkpoint's record of the epoch.
+            let redo = run
+                .last_epoch
+                .filter(|m| m.step == run.step && run.step > 0);
+            let start = if redo.is_some() {
+                run.step
+            } else {
+                run.step + 1
+            };
             self.write(
-                run.step + 1,
+                start,
                 What::SessionLog(SessionLog {
                     status: SESSION_START,
                 }),
             );
+            if let Some(m) = redo {
+                if run.step % self.every == 0 {
+                    self.scalars(
+                        run.step,
+                        &[
+                            ("train/lr", m.lr),
+                            ("train/images_per_sec", m.images_per_sec),
+                        ],
+                    );
+                }
+                self.epoch_scalars(run.step, m);
+            }
         }
         Ok(())
     }
@@ -210,17 +250,7 @@ impl Observer for TensorBoard {
     }
 
     fn epoch_ended(&mut self, end: &EpochEnd<'_>) -> ObserverResult {
-        let m = end.metrics;
-        let mut values = vec![
-            ("train/loss", m.train_loss),
-            ("train/acc", m.train_acc),
-            ("val/loss", m.val_loss),
-            ("val/acc", m.val_acc),
-        ];
-        if let (Some(loss), Some(acc)) = (m.val_loss_ema, m.val_acc_ema) {
-            values.extend([("val/loss_ema", loss), ("val/acc_ema", acc)]);
-        }
-        self.scalars(end.step, &values);
+        self.epoch_scalars(end.step, end.metrics);
         if let Some((_, f)) = &self.file {
             // Visible to a TensorBoard reading the run while it trains.
             let _ = f.sync_data();

@@ -26,6 +26,7 @@ fn meta(s: &Session, pos: &Position) -> Meta {
         batch: pos.batch,
         step: pos.step,
         metrics: pos.metrics.clone(),
+        last_epoch: pos.last_epoch.clone(),
         best: pos.best,
         epochs_without_improvement: pos.without_improvement,
         world_size: s.ddp.as_ref().map_or(1, |d| d.size()),

@@ -148,6 +148,7 @@ pub(super) fn fit(
         // JSON has no NaN: a metric that is not finite (all steps skipped) is left out.
         .filter_map(|(k, v)| Some((k.to_string(), v.filter(|v| v.is_finite())?)))
         .collect();
+        pos.last_epoch = Some(m.clone());
         apply_actions(&mut s, &pos, &actions)?;
         let end = EpochEnd {
             metrics: &m,

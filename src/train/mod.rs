@@ -165,6 +165,8 @@ impl Trainer {
         let mut observers = std::mem::take(&mut s.observers);
         let info = s.run_info(&pos, resumed);
         observers.each("run_started", |o| o.run_started(&info))?;
+        // What starting found (a mended metrics log) is said now, not after the first step.
+        observers.flush_deferred()?;
         s.observers = observers;
         Ok(fit::fit(s, pos, &self.stop, started)?)
     }

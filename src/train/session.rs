@@ -35,6 +35,8 @@ pub(super) struct Position {
     pub best: Option<(f64, usize)>,
     pub without_improvement: usize,
     pub metrics: BTreeMap<String, f64>,
+    /// The last finished epoch's `metrics.jsonl` line.
+    pub last_epoch: Option<crate::metrics::EpochMetrics>,
 }
 
 /// Everything a run needs, built from the config.
@@ -239,6 +241,7 @@ pub(super) fn prepare(
             best: ckpt.meta.best,
             without_improvement: ckpt.meta.epochs_without_improvement,
             metrics: ckpt.meta.metrics.clone(),
+            last_epoch: ckpt.meta.last_epoch.clone(),
         };
     }
     let frozen = param_groups::apply_freeze(&vs, &cfg.model.freeze);
@@ -490,7 +493,11 @@ pub fn to_channels_last(vs: &VarStore) {
 
 impl Session {
     /// The run's first report to the observers.
-    pub(super) fn run_info(&self, pos: &Position, resumed: bool) -> crate::observe::RunInfo<'_> {
+    pub(super) fn run_info<'a>(
+        &'a self,
+        pos: &'a Position,
+        resumed: bool,
+    ) -> crate::observe::RunInfo<'a> {
         crate::observe::RunInfo {
             run_dir: &self.run_dir,
             model: self.spec.name(),
@@ -505,6 +512,7 @@ impl Session {
             channels_last: self.layout.channels_last,
             layout_reason: &self.layout.reason,
             resumed_at: resumed.then_some((pos.epoch, pos.batch)),
+            last_epoch: pos.last_epoch.as_ref().filter(|_| resumed),
             step: pos.step,
             data_parallel: self.ddp.as_ref().map(|d| crate::observe::DataParallel {
                 world_size: d.size(),

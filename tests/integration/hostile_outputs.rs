@@ -73,6 +73,7 @@ fn checkpoint_with(
         batch: 0,
         step: 8,
         metrics: BTreeMap::new(),
+        last_epoch: None,
         best: None,
         epochs_without_improvement: 0,
         world_size: 1,

@@ -5,7 +5,7 @@ use super::common::{assert_same_tensors, TINY};
 use hondo::checkpoint;
 use hondo::config::{load_str, Config, Override};
 use hondo::metrics;
-use hondo::observe::MetricsLog;
+use hondo::observe::{EpochEnd, MetricsLog, Observer, ObserverResult};
 use hondo::train::{self, Outcome, Trainer};
 use std::path::Path;
 
@@ -136,6 +136,100 @@ fn hondo_train(cfg: Option<&Path>, args: &[&str]) {
     all.push("-q".as_ref());
     all.extend(args.iter().map(std::ffi::OsStr::new));
     super::common::train_ok(&all);
+}
+
+/// Stops the run at the end of the first epoch, after its checkpoints and before the
+/// observers added after it see the epoch: where a SIGKILL would leave a run whose `last`
+/// says "epoch 1 done" and whose `metrics.jsonl` lacks epoch 1.
+struct StopAtFirstEpochEnd;
+
+impl Observer for StopAtFirstEpochEnd {
+    fn epoch_ended(&mut self, end: &EpochEnd<'_>) -> ObserverResult {
+        match end.metrics.epoch {
+            1 => Err("stopped here".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Keeps the warnings a run reports.
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Observer for Warnings {
+    fn warning(&mut self, text: &str) -> ObserverResult {
+        self.0.lock().unwrap().push(text.to_string());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_resume_restores_the_metrics_line_lost_after_its_checkpoint_and_cuts_a_torn_one() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let cfg = config(&[
+        "train.epochs=2",
+        "checkpoint.tensorboard=true",
+        "checkpoint.tensorboard_every_steps=1",
+    ]);
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let e = Trainer::new(cfg.clone())
+        .observer(StopAtFirstEpochEnd)
+        .observer(MetricsLog)
+        .out(&run)
+        .run()
+        .unwrap_err();
+    assert!(e.to_string().contains("stopped here"), "{e}");
+    let meta = checkpoint::read_meta(&run.join(checkpoint::LAST)).unwrap();
+    let first = meta
+        .last_epoch
+        .clone()
+        .expect("the checkpoint records epoch 1's line");
+    assert_eq!((meta.epoch, meta.batch, first.epoch), (1, 0, 1));
+    let log = run.join(metrics::METRICS_FILE);
+    assert!(!log.exists(), "MetricsLog never saw epoch 1");
+    // And a kill while appending a line leaves a torn one.
+    let line = serde_json::to_string(&first).unwrap();
+    std::fs::write(&log, &line.as_bytes()[..line.len() / 2]).unwrap();
+
+    let warnings = Warnings::default();
+    let s = Trainer::new(cfg)
+        .observer(MetricsLog)
+        .observer(warnings.clone())
+        .resume(&run)
+        .run()
+        .unwrap();
+    assert_eq!(s.outcome, Outcome::Finished);
+    let m = metrics::read(&log).unwrap();
+    assert_eq!(m.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(m[0], first, "epoch 1 as the checkpoint recorded it");
+    assert_eq!(m[1].step, 2 * first.step);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 2, "the torn line is gone: {text}");
+    let w = warnings.0.lock().unwrap();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("torn last line") && w.contains("restored epoch 1's line")),
+        "{w:?}"
+    );
+    // TensorBoard (added after the observers above, so it never saw epoch 1 end either)
+    // has each epoch once at its last step, and every step's scalars once.
+    let tb = super::common::python_json("read_tensorboard.py", &run);
+    let steps = |tag: &str| -> Vec<i64> {
+        tb["scalars"][tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tag {tag}: {tb}"))
+            .iter()
+            .map(|p| p[0].as_i64().unwrap())
+            .collect()
+    };
+    let ends: Vec<i64> = m.iter().map(|m| m.step as i64).collect();
+    for tag in ["train/loss", "val/acc"] {
+        assert_eq!(steps(tag), ends, "{tag}");
+    }
+    let val_acc = tb["scalars"]["val/acc"][0][1].as_f64().unwrap();
+    assert_eq!(val_acc as f32, first.val_acc as f32);
+    assert_eq!(steps("train/lr"), (1..=ends[1]).collect::<Vec<_>>());
 }
 
 #[test]
