@@ -169,4 +169,31 @@ int hondo_is_channels_last(at::Tensor *t) {
   }
 }
 
+// Whether every element that `t`'s sizes, strides and storage offset address lies inside
+// its storage (a tensor read from a crafted archive may claim otherwise; reading it would
+// touch memory past the end).
+int hondo_view_fits_storage(at::Tensor *t) {
+  try {
+    if (!t->defined() || !t->has_storage() || t->numel() == 0) return 1;
+    int64_t last = t->storage_offset();
+    if (last < 0) return 0;
+    for (int64_t d = 0; d < t->dim(); ++d) {
+      int64_t stride = t->stride(d), reach = 0;
+      if (stride < 0) return 0;
+      if (__builtin_mul_overflow(t->size(d) - 1, stride, &reach) ||
+          __builtin_add_overflow(last, reach, &last)) {
+        return 0;
+      }
+    }
+    int64_t need = 0;
+    if (__builtin_add_overflow(last, int64_t(1), &need) ||
+        __builtin_mul_overflow(need, int64_t(t->element_size()), &need)) {
+      return 0;
+    }
+    return uint64_t(need) <= uint64_t(t->storage().nbytes()) ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
 }  // extern "C"

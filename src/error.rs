@@ -106,7 +106,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
     let mut next = Some(e);
     while let Some(cause) = next {
-        let s = cause.to_string();
+        let s = without_cpp_backtrace(&cause.to_string());
         if !text.contains(&s) {
             if !text.is_empty() {
                 text.push_str(": ");
@@ -116,6 +116,19 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = cause.source();
     }
     text
+}
+
+/// A libtorch message without the C++ stack trace it may carry (`Exception raised from
+/// ...` and its `frame #N` lines), which says nothing to a user.
+pub(crate) fn without_cpp_backtrace(message: &str) -> String {
+    let cut = ["\nException raised from ", "\nframe #0"]
+        .iter()
+        .filter_map(|m| message.find(m))
+        .min();
+    match cut {
+        Some(i) => message[..i].trim_end().to_string(),
+        None => message.to_string(),
+    }
 }
 
 /// Runs internal code (which chains context with anyhow) and converts its error at the
@@ -163,6 +176,21 @@ impl From<anyhow::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libtorch_stack_traces_are_cut_from_messages() {
+        let raw = "zeros: Dimension size must be non-negative.\nException raised from \
+                   check_size_nonnegative at /pytorch/aten/src/ATen/EmptyTensor.h:52 (most \
+                   recent call first):\nframe #0: c10::Error::Error() + 0x5c";
+        let e = tch::TchError::Torch(raw.into());
+        let text = error_chain(&e);
+        assert!(
+            text.ends_with("Dimension size must be non-negative."),
+            "{text}"
+        );
+        assert!(!text.contains("frame #"), "{text}");
+        assert_eq!(without_cpp_backtrace("plain"), "plain");
+    }
     use anyhow::Context;
 
     #[test]

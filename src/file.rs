@@ -125,6 +125,80 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     read_bounded(file, len, limit)
 }
 
+/// What an existing file at an output path is, for [`check_output`].
+pub enum OutputKind {
+    /// A PNG: only a PNG may be replaced by one.
+    Png,
+    /// An exported model: any file but those [`check_output`] always keeps.
+    Export,
+}
+
+/// Why writing an output (a PNG, an export) to `out` would lose something, if it would:
+/// `out` is one of the command's `inputs` (the same file), a hondo checkpoint, the
+/// `config.toml` or `metrics.jsonl` of a run, or, for a PNG, an existing file that is not
+/// a PNG. A symbolic link at `out` is replaced, not what it names, so it is never refused.
+pub fn check_output(out: &Path, inputs: &[&Path], kind: OutputKind) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(_) => return Ok(()), // nothing there (or nothing readable: the write will say)
+    };
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.is_dir() {
+        return Err("is a directory".into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        for input in inputs {
+            if let Ok(m) = std::fs::metadata(input) {
+                if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) {
+                    return Err(format!(
+                        "is this command's input ({}): write the output elsewhere",
+                        input.display()
+                    ));
+                }
+            }
+        }
+    }
+    let head = read_head(out, 64 << 10);
+    if head
+        .windows(crate::checkpoint::FORMAT.len())
+        .any(|w| w == crate::checkpoint::FORMAT.as_bytes())
+    {
+        return Err("is a hondo checkpoint, which an output never replaces".into());
+    }
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let run = out.parent().filter(|d| d.join("config.toml").is_file());
+    if let (Some(run), "config.toml" | "metrics.jsonl") = (run, name) {
+        if run.read_dir().is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
+        }) {
+            return Err(format!(
+                "belongs to the run in {}, which an output never replaces",
+                run.display()
+            ));
+        }
+    }
+    if matches!(kind, OutputKind::Png) && !head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err("exists and is not a PNG: hondo replaces only a PNG there".into());
+    }
+    Ok(())
+}
+
+/// Up to `n` first bytes of a regular file (empty for anything else, or on error).
+fn read_head(path: &Path, n: u64) -> Vec<u8> {
+    match open_regular(path, u64::MAX) {
+        Ok((f, _)) => {
+            let mut head = Vec::new();
+            let _ = f.take(n).read_to_end(&mut head);
+            head
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

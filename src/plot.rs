@@ -495,7 +495,20 @@ fn draw_lr_find(buf: &mut [u8], size: (u32, u32), r: &crate::train::LrFind) -> D
     Ok(())
 }
 
+/// Checks, before any work, that a PNG may be written to `out`: not over one of the
+/// command's `inputs`, a hondo checkpoint, a run's config or metrics, or a file that is not
+/// a PNG. Every PNG hondo writes is checked again when it is written.
+pub fn check_png_output(out: &Path, inputs: &[&Path]) -> crate::Result<()> {
+    crate::file::check_output(out, inputs, crate::file::OutputKind::Png).map_err(|e| {
+        crate::Error::Data {
+            path: out.to_path_buf(),
+            reason: format!("cannot write it: it {e}"),
+        }
+    })
+}
+
 fn save_png(out: &Path, rgb: &[u8], w: u32, h: u32) -> anyhow::Result<()> {
+    check_png_output(out, &[])?;
     let mut png = std::io::Cursor::new(Vec::new());
     image::write_buffer_with_format(
         &mut png,

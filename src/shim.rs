@@ -60,6 +60,7 @@ mod ffi {
             inv_scale: *mut C_tensor,
         ) -> *mut c_char;
         pub fn hondo_is_channels_last(t: *mut C_tensor) -> c_int;
+        pub fn hondo_view_fits_storage(t: *mut C_tensor) -> c_int;
         pub fn hondo_batch_norm_relu(
             input: *mut C_tensor,
             weight: *mut C_tensor,
@@ -257,6 +258,13 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<Tensor, ShimErr
         ffi::hondo_clip_grad_norm(g.as_ptr(), g.len(), max_norm, &mut total)
     })?;
     Ok(unsafe { Tensor::from_ptr(total) })
+}
+
+/// Whether every element `t`'s sizes, strides and offset address lies inside its storage
+/// (no negative stride, nothing past the end).
+pub fn view_fits_storage(t: &Tensor) -> bool {
+    // SAFETY: reads the tensor's metadata only.
+    unsafe { ffi::hondo_view_fits_storage(t.as_ptr() as *mut C_tensor) != 0 }
 }
 
 /// Whether `t` has channels-last (NHWC) strides.

@@ -110,7 +110,18 @@ pub fn deserialize(bytes: &[u8]) -> Result<(Named, HashMap<String, String>), Ten
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype())
             .ok_or_else(|| TensorIoError::UnsupportedDtype(name.clone(), view.dtype()))?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                TensorIoError::Format(format!(
+                    "tensor `{name}` has shape {:?}: a dimension over {}",
+                    view.shape(),
+                    i64::MAX
+                ))
+            })?;
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)
             .map_err(|e| TensorIoError::Tch(name.clone(), e))?;
         out.push((name, t));

@@ -58,11 +58,12 @@ pub struct Meta {
     /// Per-channel normalisation standard deviation (RGB, 0..1 scale), finite and > 0.
     pub std: [f64; 3],
     /// Epoch in progress (0-based): a checkpoint written at the end of epoch `e` says
-    /// `epoch = e + 1, batch = 0`.
+    /// `epoch = e + 1, batch = 0`. At most 10 000 (`train.epochs`' limit).
     pub epoch: usize,
-    /// Batches of `epoch` already done.
+    /// Batches of `epoch` already done (per process), at most [`MAX_BATCHES`]; a resume
+    /// also checks it against the epoch's batches.
     pub batch: usize,
-    /// Optimizer steps done.
+    /// Optimizer steps done, at most [`MAX_STEPS`].
     pub step: usize,
     /// Metrics of the last finished epoch (`val_acc`, `val_loss`, ...).
     pub metrics: BTreeMap<String, f64>,
@@ -72,9 +73,9 @@ pub struct Meta {
     /// `None` before the first epoch ends, and in checkpoints of hondo 0.1 before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_epoch: Option<crate::metrics::EpochMetrics>,
-    /// Best monitored value so far and its epoch (1-based).
+    /// Best monitored value so far (finite) and its epoch (1-based, at most `epoch`).
     pub best: Option<(f64, usize)>,
-    /// Consecutive epochs without improvement (early stopping).
+    /// Consecutive epochs without improvement (early stopping), at most `epoch`.
     pub epochs_without_improvement: usize,
     /// Processes that trained it (data-parallel world size; 1 for one process): `batch`
     /// counts each process's batches, so a resume with another world size maps it to its
@@ -140,6 +141,12 @@ pub enum CheckpointError {
     },
 }
 
+/// The most batches of an epoch a checkpoint may say are done (per process; an epoch of
+/// 2^32 batches is far beyond any dataset hondo reads).
+pub const MAX_BATCHES: u64 = 1 << 32;
+/// The most optimizer steps a checkpoint may say are done.
+pub const MAX_STEPS: u64 = 1 << 40;
+
 /// Range of `image_size` a checkpoint may declare (the eval input side, in pixels).
 pub const IMAGE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 8..=4096;
 
@@ -193,6 +200,48 @@ fn validate_meta(path: &Path, m: &Meta) -> Result<(), CheckpointError> {
     }
     if !m.std.iter().all(|v| v.is_finite() && *v > 0.0) {
         return bad("std", format!("must be finite and > 0, got {:?}", m.std));
+    }
+    if m.epoch > crate::config::MAX_EPOCHS {
+        return bad(
+            "epoch",
+            format!(
+                "must be at most {} (train.epochs' limit), got {}",
+                crate::config::MAX_EPOCHS,
+                m.epoch
+            ),
+        );
+    }
+    if m.batch as u64 > MAX_BATCHES {
+        return bad(
+            "batch",
+            format!("must be at most {MAX_BATCHES}, got {}", m.batch),
+        );
+    }
+    if m.step as u64 > MAX_STEPS {
+        return bad(
+            "step",
+            format!("must be at most {MAX_STEPS}, got {}", m.step),
+        );
+    }
+    if let Some((value, epoch)) = m.best {
+        if !value.is_finite() || !(1..=m.epoch).contains(&epoch) {
+            return bad(
+                "best",
+                format!(
+                    "must be a finite value and an epoch in 1..={}, got ({value}, {epoch})",
+                    m.epoch
+                ),
+            );
+        }
+    }
+    if m.epochs_without_improvement > m.epoch {
+        return bad(
+            "epochs_without_improvement",
+            format!(
+                "must be at most the epochs done ({}), got {}",
+                m.epoch, m.epochs_without_improvement
+            ),
+        );
     }
     if let Some(l) = &m.last_epoch {
         if l.epoch != m.epoch || l.step > m.step {
@@ -618,6 +667,14 @@ mod tests {
             ("crop_fraction", |m| m.crop_fraction = 1.5),
             ("std", |m| m.std[2] = 0.0),
             ("std", |m| m.std[0] = -1.0),
+            ("epoch", |m| m.epoch = usize::MAX),
+            ("batch", |m| m.batch = usize::MAX),
+            ("step", |m| m.step = usize::MAX),
+            ("best", |m| m.best = Some((0.5, usize::MAX))),
+            ("best", |m| m.best = Some((0.5, 0))),
+            ("epochs_without_improvement", |m| {
+                m.epochs_without_improvement = usize::MAX
+            }),
             ("last_epoch", |m| m.last_epoch.as_mut().unwrap().epoch = 2),
             ("last_epoch", |m| m.last_epoch.as_mut().unwrap().step = 31),
             ("world_size", |m| m.world_size = 0),
@@ -648,6 +705,13 @@ mod tests {
         m.mean[1] = f64::NAN;
         let e = validate_meta(Path::new("m.safetensors"), &m).unwrap_err();
         assert!(e.to_string().contains("`mean` must be finite"), "{e}");
+        let mut m = meta();
+        m.best = Some((f64::INFINITY, 3));
+        let e = validate_meta(Path::new("m.safetensors"), &m).unwrap_err();
+        assert!(
+            e.to_string().contains("`best` must be a finite value"),
+            "{e}"
+        );
         // The unchanged metadata reads.
         read(&crafted(dir.path(), |_| {})).unwrap();
         // A head that is not a matrix is refused too.

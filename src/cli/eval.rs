@@ -38,6 +38,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let device = DeviceSpec::parse(&a.device)
         .and_then(|d| d.resolve())
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let png = a.png.clone().unwrap_or_else(|| {
+        a.checkpoint
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("confusion-matrix.png")
+    });
+    // Before the evaluation: a PNG that cannot be written is known now.
+    hondo::plot::check_png_output(&png, &[&a.checkpoint])?;
     let restored = checkpoint::restore(&a.checkpoint, device)?;
     hondo::predict::check_finite(&restored.vs)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.checkpoint.display()))?;
@@ -49,12 +57,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             workers: a.workers as usize,
         },
     )?;
-    let png = a.png.unwrap_or_else(|| {
-        a.checkpoint
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("confusion-matrix.png")
-    });
     let text = if a.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {

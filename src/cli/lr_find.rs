@@ -35,6 +35,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     hondo::train::signals::StopSignal::install_exit_at_once()?;
+    hondo::plot::check_png_output(&a.png, &[&a.config])?;
     let cfg = config::load(&a.config, &a.set)?;
     let opts = LrFindOptions {
         start: a.start,

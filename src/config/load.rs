@@ -147,13 +147,18 @@ fn from_table(table: &toml::Table) -> Result<Config, (String, String)> {
     })
 }
 
-/// serde reports an unknown field at its parent's path; add the field's own name.
+/// The key an error is about. `serde_path_to_error` reports an unknown field at its own
+/// path (`model.archh`); a path that stops at the parent (`model`) gets the field's name
+/// added.
 fn clean_key(path: &str, message: &str) -> String {
     let path = if path == "." { "" } else { path };
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(field) = rest.split('`').next() {
+            let last = path.rsplit('.').next().unwrap_or("");
             return if path.is_empty() {
                 field.to_string()
+            } else if last == field {
+                path.to_string()
             } else {
                 format!("{path}.{field}")
             };

@@ -8,6 +8,7 @@ mod auto;
 mod load;
 mod overrides;
 mod validate;
+pub(crate) use validate::MAX_EPOCHS;
 
 pub use auto::Auto;
 pub(crate) use load::check;
@@ -511,6 +512,7 @@ pub struct TrainConfig {
 #[serde(rename_all = "snake_case")]
 pub enum NonFinite {
     /// `stop` (the default): end the run with an error; the last good checkpoint is kept.
+    /// BatchNorm statistics that are not finite at an epoch's end stop it the same way.
     Stop,
     /// `skip`: skip the step with a warning; its loss is left out of the epoch's metrics.
     Skip,

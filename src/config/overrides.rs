@@ -4,6 +4,10 @@
 use super::ConfigError;
 use std::str::FromStr;
 
+/// Parts a key path may have. hondo's deepest keys have three (`data.augment.hflip`); a
+/// limit keeps a pathological path from nesting tables without end.
+const MAX_KEY_PARTS: usize = 8;
+
 /// One `--set key.path=value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
@@ -27,6 +31,14 @@ impl FromStr for Override {
         if path.iter().any(|p| p.is_empty()) {
             return Err(format!(
                 "`{key}` is not a valid key path (e.g. optimizer.lr)"
+            ));
+        }
+        if path.len() > MAX_KEY_PARTS {
+            return Err(format!(
+                "`{}...` has {} parts; hondo's keys have at most {MAX_KEY_PARTS} \
+                 (e.g. data.augment.hflip)",
+                path[..3].join("."),
+                path.len()
             ));
         }
         let raw = raw.trim();
@@ -100,5 +112,9 @@ mod tests {
         assert!("noequals".parse::<Override>().is_err());
         assert!("a..b=1".parse::<Override>().is_err());
         assert!("=1".parse::<Override>().is_err());
+        let deep = format!("{}=1", vec!["a"; 30_000].join("."));
+        let e = deep.parse::<Override>().unwrap_err();
+        assert!(e.contains("30000 parts") && e.contains("at most 8"), "{e}");
+        assert!(e.len() < 200, "the message does not repeat the key: {e}");
     }
 }

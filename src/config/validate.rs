@@ -10,7 +10,7 @@ use std::fmt::Display;
 use std::ops::{Bound, RangeBounds};
 
 /// Epochs (and epoch counts such as milestones, patience) are at most this.
-const MAX_EPOCHS: usize = 10_000;
+pub(crate) const MAX_EPOCHS: usize = 10_000;
 /// The largest integer TOML can write: seeds above it could not round-trip `hondo config`.
 const MAX_TOML_INT: u64 = i64::MAX as u64;
 

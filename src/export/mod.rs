@@ -166,6 +166,11 @@ fn export_impl(
     input: Input,
     spec: Option<&crate::models::ModelSpec>,
 ) -> anyhow::Result<Exported> {
+    let may_replace = |path: &Path| {
+        crate::file::check_output(path, &[checkpoint], crate::file::OutputKind::Export)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: it {e}", path.display()))
+    };
+    may_replace(out)?;
     // The file's bytes, its tensor count, and the sidecar's text for the formats that
     // cannot hold metadata themselves.
     let (bytes, tensors, side_text) = match format {
@@ -208,6 +213,9 @@ fn export_impl(
             (bytes, tensors, Some(text))
         }
     };
+    if side_text.is_some() {
+        may_replace(&sidecar_path(out))?;
+    }
     // Both files staged before either replaces anything.
     let main = stage(out, &bytes)?;
     let side = match &side_text {

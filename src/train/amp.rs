@@ -77,20 +77,42 @@ impl Scaler {
     }
 
     /// Takes the scaler's entries out of checkpoint state and restores them; returns the
-    /// rest.
-    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    /// rest. An entry that is not one number in its range is an error naming it.
+    pub fn load_state(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+    ) -> anyhow::Result<Vec<(String, Tensor)>> {
         let device = self.scale.device();
         let mut rest = Vec::with_capacity(tensors.len());
         for (name, t) in tensors {
-            match name.as_str() {
-                "scaler.scale" => self.scale = t.to_kind(Kind::Float).to_device(device).reshape([]),
-                "scaler.growth_tracker" => {
-                    self.growth_tracker = t.to_kind(Kind::Int).to_device(device).reshape([])
+            let range = match name.as_str() {
+                "scaler.scale" => f32::MIN_POSITIVE as f64..=f32::MAX as f64,
+                "scaler.growth_tracker" => 0.0..=i32::MAX as f64,
+                _ => {
+                    rest.push((name, t));
+                    continue;
                 }
-                _ => rest.push((name, t)),
+            };
+            anyhow::ensure!(
+                t.numel() == 1,
+                "optimizer state `{name}` has shape {:?}; it is one number",
+                t.size()
+            );
+            let v = t.to_kind(Kind::Double).reshape([]).double_value(&[]);
+            anyhow::ensure!(
+                range.contains(&v),
+                "optimizer state `{name}` is {v}, outside {}..={}",
+                range.start(),
+                range.end()
+            );
+            let t = t.reshape([]).to_device(device);
+            if name == "scaler.scale" {
+                self.scale = t.to_kind(Kind::Float);
+            } else {
+                self.growth_tracker = t.to_kind(Kind::Int);
             }
         }
-        rest
+        Ok(rest)
     }
 }
 
@@ -120,13 +142,28 @@ mod tests {
         s.update();
         assert_eq!(s.current(), INIT_SCALE * BACKOFF);
         let mut other = Scaler::new(Device::Cpu);
-        let rest = other.load_state(
-            s.state_tensors()
-                .into_iter()
-                .chain([("w.step".to_string(), Tensor::from(1i64))])
-                .collect(),
-        );
+        let rest = other
+            .load_state(
+                s.state_tensors()
+                    .into_iter()
+                    .chain([("w.step".to_string(), Tensor::from(1i64))])
+                    .collect(),
+            )
+            .unwrap();
         assert_eq!(other.current(), INIT_SCALE * BACKOFF);
         assert_eq!(rest.len(), 1);
+        for (name, bad) in [
+            ("scaler.scale", Tensor::from_slice(&[1.0f32, 2.0])),
+            ("scaler.scale", Tensor::from(f32::NAN)),
+            ("scaler.scale", Tensor::from(-1.0f32)),
+            ("scaler.growth_tracker", Tensor::from(-3i32)),
+        ] {
+            let e = other
+                .load_state(vec![(name.to_string(), bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name), "{e}");
+        }
+        assert_eq!(other.current(), INIT_SCALE * BACKOFF);
     }
 }

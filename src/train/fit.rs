@@ -148,6 +148,22 @@ pub(super) fn fit(
         // JSON has no NaN: a metric that is not finite (all steps skipped) is left out.
         .filter_map(|(k, v)| Some((k.to_string(), v.filter(|v| v.is_finite())?)))
         .collect();
+        // A checkpoint of NaN statistics would only fail later, in eval or predict.
+        if let Some(name) = non_finite_buffer(&s.vs) {
+            if cfg.train.on_nonfinite == crate::config::NonFinite::Stop {
+                anyhow::bail!(
+                    "after epoch {}, the model's buffer `{name}` is not finite (NaN or \
+                     infinite BatchNorm statistics); this epoch's checkpoints are not written, \
+                     earlier ones are kept (train.on_nonfinite = \"skip\" goes on)",
+                    epoch + 1
+                );
+            }
+            s.observers.warning(&format!(
+                "after epoch {}, the model's buffer `{name}` is not finite; its checkpoints \
+                 are written as they are (train.on_nonfinite = \"skip\")",
+                epoch + 1
+            ))?;
+        }
         pos.last_epoch = Some(m.clone());
         apply_actions(&mut s, &pos, &actions)?;
         let end = EpochEnd {
@@ -255,4 +271,21 @@ fn validate(s: &mut Session, ema: bool) -> anyhow::Result<Evaluation> {
         }
     }
     Ok(e)
+}
+
+/// The first BatchNorm running statistic of `vs` that holds a NaN or an infinity.
+fn non_finite_buffer(vs: &tch::nn::VarStore) -> Option<String> {
+    let mut vars: Vec<_> = vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.into_iter()
+        .find(|(_, t)| {
+            t.f_isfinite()
+                .and_then(|f| f.f_all())
+                .is_ok_and(|a| a.int64_value(&[]) == 0)
+        })
+        .map(|(n, _)| n)
 }

@@ -276,7 +276,19 @@ impl Optimizer {
                 .entry(name.to_string())
                 .or_insert_with(|| ParamState::new(p));
             if field == "step" {
-                s.step = t.to_kind(Kind::Float).to_device(p.device()).reshape([]);
+                anyhow::ensure!(
+                    t.numel() == 1,
+                    "optimizer state `{key}` has shape {:?}; a step count is one number",
+                    t.size()
+                );
+                let step = t.to_kind(Kind::Double).reshape([]);
+                let n = step.double_value(&[]);
+                anyhow::ensure!(
+                    n.is_finite() && (0.0..=MAX_STEPS).contains(&n) && n.fract() == 0.0,
+                    "optimizer state `{key}` is {n}; a step count is a whole number in 0..={}",
+                    MAX_STEPS
+                );
+                s.step = step.to_kind(Kind::Float).to_device(p.device());
                 continue;
             }
             anyhow::ensure!(
@@ -299,6 +311,9 @@ impl Optimizer {
         Ok(())
     }
 }
+
+/// The largest step count a restored optimizer state may hold (the checkpoint's own limit).
+const MAX_STEPS: f64 = crate::checkpoint::MAX_STEPS as f64;
 
 /// The parameters of a group that take an update: trainable and with a gradient.
 fn live(g: &ParamGroup) -> impl Iterator<Item = (&String, &Tensor, Tensor)> + '_ {
@@ -444,5 +459,17 @@ mod tests {
             .unwrap()
             .equal(opt.state["w"].exp_avg.as_ref().unwrap()));
         assert_eq!(p.device(), Device::Cpu);
+        for bad in [
+            Tensor::from_slice(&[1.0f32, 2.0, 3.0]),
+            Tensor::from(-1i64),
+            Tensor::from(0.5f64),
+            Tensor::from(f64::INFINITY),
+        ] {
+            let e = other
+                .load_state(vec![("w.step".into(), bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`w.step`"), "{e}");
+        }
     }
 }

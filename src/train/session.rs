@@ -67,6 +67,8 @@ pub(super) struct Session {
     pub ddp: Option<Ddp>,
     /// The memory format, and why ([`autotune`]).
     pub layout: Layout,
+    /// Whether the model has BatchNorm layers (a batch of one image is not trained on).
+    pub batch_norm: bool,
 }
 
 impl Session {
@@ -197,6 +199,26 @@ pub(super) fn prepare(
     let vs = VarStore::new(device);
     let model = spec.build(&vs.root(), num_classes);
     models::check_unique_names(&vs)?;
+    // BatchNorm in training needs two values per channel: a batch of one image whose
+    // feature map shrinks to 1x1 would give NaN running variances (PyTorch refuses it).
+    let batch_norm = vs.variables().keys().any(|k| k.ends_with("running_var"));
+    if batch_norm {
+        let world = ddp.as_ref().map_or(1, |d| d.size());
+        if cfg.train.batch_size < 2 {
+            bail!(
+                "train.batch_size = {}: the model's BatchNorm layers cannot train on one image \
+                 per batch; use 2 or more",
+                cfg.train.batch_size
+            );
+        }
+        if splits.train.len().div_ceil(world) < 2 {
+            bail!(
+                "the training set has {} image(s) for {world} process(es): the model's \
+                 BatchNorm layers need at least 2 per process",
+                splits.train.len()
+            );
+        }
+    }
 
     let mut observers = std::mem::take(&mut t.observers);
     if cfg.checkpoint.tensorboard && main {
@@ -264,13 +286,19 @@ pub(super) fn prepare(
     let ema =
         (cfg.train.ema_decay > 0.0).then(|| Ema::new(&vs, &spec, num_classes, cfg.train.ema_decay));
     if let Some(ckpt) = resume {
+        let file = || {
+            let last = t
+                .resume
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .join(checkpoint::LAST);
+            format!("restoring the optimizer state from {}", last.display())
+        };
         let state = match &mut scaler {
-            Some(scaler) => scaler.load_state(ckpt.optimizer),
+            Some(scaler) => scaler.load_state(ckpt.optimizer).with_context(file)?,
             None => amp::without_scaler(ckpt.optimizer),
         };
-        optimizer
-            .load_state(state)
-            .context("restoring the optimizer state")?;
+        optimizer.load_state(state).with_context(file)?;
         // A checkpoint without EMA (turned on at resume) starts the average at the weights.
         if let (Some(ema), false) = (&ema, ckpt.ema.is_empty()) {
             checkpoint::copy_exact(&ema.vs, &ckpt.ema)
@@ -325,6 +353,21 @@ pub(super) fn prepare(
     let train = Loader::new(splits.train, loader_opts(true))?;
     let val = Loader::new(splits.val, loader_opts(false))?;
     let steps_per_epoch = train.num_batches().div_ceil(cfg.train.accumulate);
+    if t.resume.is_some() && resumed_world == world && pos.batch > train.num_batches() {
+        bail!(
+            "{}: the checkpoint says {} batches of epoch {} are done, but an epoch has {} \
+             (with train.batch_size = {} on {world} process(es))",
+            t.resume
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .join(checkpoint::LAST)
+                .display(),
+            pos.batch,
+            pos.epoch + 1,
+            train.num_batches(),
+            cfg.train.batch_size
+        );
+    }
     if t.resume.is_some() && resumed_world != world {
         // `batch` counted the batches of each of `resumed_world` processes: continue after
         // as many images (the same ones: a rank's share interleaves the epoch's order), at
@@ -395,6 +438,7 @@ pub(super) fn prepare(
             sync_every,
             ddp,
             layout,
+            batch_norm,
         },
         pos,
     ))

@@ -95,6 +95,16 @@ pub(super) fn train_epoch(
             }
             continue;
         }
+        if n == 1 && s.batch_norm {
+            // Every rank's shard has as many images, so every rank skips it.
+            s.observers.warning(&format!(
+                "epoch {} batch {b}: a batch of one image is left out: BatchNorm cannot train \
+                 on one image (pick data.train_size and train.batch_size so that no batch \
+                 holds just one)",
+                epoch + 1
+            ))?;
+            continue;
+        }
         // Every random draw of the step (dropout, mixing) derives from the step number, so
         // a resumed run repeats it exactly; data-parallel ranks draw their own.
         let rank = s

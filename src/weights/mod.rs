@@ -183,6 +183,21 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<TensorFile, WeightsError> 
                 path: path.to_owned(),
                 source,
             })?;
+            // libtorch rebuilds each tensor from the archive's offset and strides as given.
+            if let Some((name, t)) = tensors
+                .iter()
+                .find(|(_, t)| !crate::shim::view_fits_storage(t))
+            {
+                return Err(WeightsError::Malformed {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "tensor `{name}` (shape {:?}, strides {:?}) reaches outside its \
+                         storage",
+                        t.size(),
+                        t.stride()
+                    ),
+                });
+            }
             Ok(finish(tensors, HashMap::new(), Format::Libtorch))
         }
         _ => Err(WeightsError::UnknownFormat {

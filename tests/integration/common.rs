@@ -97,9 +97,14 @@ pub fn python_fixtures(
 /// Runs `tests/python/{script} ARG` (with `PYTHONPATH=.pydeps`), asserts that it succeeded
 /// and returns the JSON object it printed.
 pub fn python_json(script: &str, arg: &Path) -> serde_json::Value {
+    python_json_args(script, &[arg])
+}
+
+/// [`python_json`] with several arguments.
+pub fn python_json_args(script: &str, args: &[&Path]) -> serde_json::Value {
     let out = Command::new("python3")
         .arg(repo().join("tests/python").join(script))
-        .arg(arg)
+        .args(args)
         .env("PYTHONPATH", repo().join(".pydeps"))
         .output()
         .unwrap_or_else(|e| {

@@ -45,10 +45,18 @@ fn duplicate_key_names_the_line() {
 
 #[test]
 fn unknown_key_names_the_key_path_and_line() {
-    has(
-        &err("[model]\narch = \"small_cnn\"\narchh = \"x\"\n"),
-        &["bad.toml:3:", "model.archh", "unknown field"],
-    );
+    let e = err("[model]\narch = \"small_cnn\"\narchh = \"x\"\n");
+    has(&e, &["bad.toml:3:", "key `model.archh`", "unknown field"]);
+    // Once: the path already ends at the unknown field.
+    assert!(!e.contains("archh.archh"), "{e}");
+    let top = err("modle = 1\n");
+    has(&top, &["key `modle`"]);
+    let set = err_set("", &["train.epochsx=1"]);
+    has(&set, &["key `train.epochsx`"]);
+    assert!(!set.contains("epochsx.epochsx"), "{set}");
+    let group = err("[[optimizer.groups]]\nprefix = \"fc\"\nlr_scalee = 2.0\n");
+    has(&group, &["optimizer.groups[0].lr_scalee"]);
+    assert!(!group.contains("lr_scalee.lr_scalee"), "{group}");
 }
 
 #[test]
@@ -63,7 +71,7 @@ fn unknown_section_is_an_error() {
 fn unknown_nested_key_names_its_path() {
     has(
         &err("[data.augment]\nhflipp = 0.5\n"),
-        &["data.augment.hflipp", "bad.toml:2:"],
+        &["key `data.augment.hflipp`", "bad.toml:2:"],
     );
 }
 

@@ -433,3 +433,100 @@ fn eval_of_twenty_thousand_classes_is_bounded() {
         b.stderr
     );
 }
+
+#[test]
+fn outputs_never_replace_their_input_a_checkpoint_or_a_runs_files() {
+    let d = tempfile::tempdir().unwrap();
+    let ckpt = checkpoint(d.path(), 4);
+    let other = d.path().join("other.safetensors");
+    std::fs::copy(&ckpt, &other).unwrap();
+    let cfg = d.path().join("cfg.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let run = d.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("config.toml"), CONFIG).unwrap();
+    std::fs::copy(&ckpt, run.join("last.safetensors")).unwrap();
+    let run_config = run.join("config.toml");
+    let before = snapshot(d.path());
+    let cases: Vec<(Vec<&OsStr>, &Path, &str)> = vec![
+        (
+            export_args(&ckpt, "safetensors", &ckpt),
+            &ckpt,
+            "this command's input",
+        ),
+        (
+            export_args(&ckpt, "torchscript", &other),
+            &other,
+            "hondo checkpoint",
+        ),
+        (
+            export_args(&ckpt, "safetensors", &run_config),
+            &run_config,
+            "belongs to the run",
+        ),
+        (
+            vec![
+                os("eval"),
+                p(&ckpt),
+                os("--device"),
+                os("cpu"),
+                os("--png"),
+                p(&other),
+            ],
+            &other,
+            "hondo checkpoint",
+        ),
+        (
+            vec![
+                os("lr-find"),
+                p(&cfg),
+                os("--steps"),
+                os("5"),
+                os("--png"),
+                p(&cfg),
+                os("--set"),
+                os("train.device=\"cpu\""),
+            ],
+            &cfg,
+            "this command's input",
+        ),
+        (
+            vec![
+                os("eval"),
+                p(&ckpt),
+                os("--device"),
+                os("cpu"),
+                os("--png"),
+                p(&cfg),
+            ],
+            &cfg,
+            "not a PNG",
+        ),
+    ];
+    for (args, out, why) in cases {
+        let b = run_bounded(&args, &[], LIMIT);
+        assert_refused(&b, &[out.to_str().unwrap(), why]);
+        assert_eq!(snapshot(d.path()), before, "{args:?} changed files");
+    }
+    // What hondo wrote before it replaces: an export, a PNG.
+    let export = d.path().join("model.safetensors");
+    let png = d.path().join("confusion.png");
+    let images = d.path().join("images");
+    image_folder(&images, &["c00000", "c00001", "c00002", "c00003"], 2);
+    for _ in 0..2 {
+        let b = run_bounded(&export_args(&ckpt, "safetensors", &export), &[], LIMIT);
+        assert_eq!(b.code, Some(0), "{}", b.stderr);
+        let eval = [
+            os("eval"),
+            p(&ckpt),
+            os("--device"),
+            os("cpu"),
+            os("--data"),
+            p(&images),
+            os("--png"),
+            p(&png),
+        ];
+        let b = run_bounded(&eval, &[], LIMIT);
+        assert_eq!(b.code, Some(0), "{}", b.stderr);
+    }
+}

@@ -116,6 +116,10 @@ fn checkpoints_whose_metadata_lies_are_refused_by_predict_eval_and_export() {
         ("crop_fraction", |m| m.crop_fraction = 0.0),
         ("std", |m| m.std = [0.0; 3]),
         ("world_size", |m| m.world_size = 0),
+        ("epoch", |m| m.epoch = usize::MAX),
+        ("batch", |m| m.batch = usize::MAX),
+        ("step", |m| m.step = usize::MAX),
+        ("best", |m| m.best = Some((0.5, usize::MAX))),
         // Any other name is a custom model's (whose safetensors export works); none is none.
         ("arch", |m| m.arch = " ".into()),
     ];
@@ -142,6 +146,37 @@ fn checkpoints_whose_metadata_lies_are_refused_by_predict_eval_and_export() {
             assert_eq!(snapshot(d.path()), before, "{args:?} changed files");
         }
     }
+}
+
+#[test]
+fn an_ot_archive_whose_tensor_reaches_past_its_storage_is_refused_not_a_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good.ot");
+    let bad = d.path().join("bad.ot");
+    let last = ema_run().join(checkpoint::LAST);
+    bounded(&["export", s(&last), "--out", s(&good)]);
+    let made = super::common::python_json_args("make_lying_ot.py", &[&good, &bad]);
+    assert_eq!(made["tensor_pickles"], 1, "{made}");
+    // The archive's records are intact: only the offset lies.
+    let e = weights::read_tensors(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.ot") && e.contains("reaches outside its storage"),
+        "{e}"
+    );
+    weights::read_tensors(&good).unwrap();
+    let cfg = write(d.path(), "ft.toml", EMA_RUN);
+    let pretrained = format!("model.pretrained={:?}", s(&bad));
+    let b = bounded(&[
+        "train",
+        s(&cfg),
+        "--out",
+        s(&d.path().join("ft")),
+        "--device",
+        "cpu",
+        "--set",
+        &pretrained,
+    ]);
+    assert_refused(&b, &["bad.ot", "reaches outside its storage"]);
 }
 
 /// `SHORT_BINUNICODE`.
@@ -290,5 +325,61 @@ fn ema_checkpoints_fine_tune_with_the_averaged_or_the_raw_weights() {
         assert!(o.status.success(), "{all}");
         assert!(all.contains(says), "{set:?}: {all}");
         assert!(!all.contains("panicked"), "{all}");
+    }
+}
+
+/// A copy of the EMA run whose `last` checkpoint is rewritten by `edit` (metadata, model
+/// and optimizer tensors), for `train --resume`.
+fn tampered_run(dir: &Path, edit: impl FnOnce(&mut checkpoint::Checkpoint)) -> PathBuf {
+    let run = dir.join("run");
+    std::fs::create_dir(&run).unwrap();
+    for f in ["config.toml", checkpoint::LAST] {
+        std::fs::copy(ema_run().join(f), run.join(f)).unwrap();
+    }
+    let mut c = checkpoint::read(&run.join(checkpoint::LAST)).unwrap();
+    edit(&mut c);
+    let bytes = checkpoint::to_bytes_with_ema(&c.meta, &c.model, &c.optimizer, &c.ema).unwrap();
+    std::fs::write(run.join(checkpoint::LAST), bytes).unwrap();
+    run
+}
+
+#[test]
+fn a_resume_refuses_optimizer_state_and_positions_that_lie_and_keeps_the_run() {
+    type Edit = fn(&mut checkpoint::Checkpoint);
+    let cases: &[(&str, Edit)] = &[
+        ("a step count is one number", |c| {
+            let (_, t) = c
+                .optimizer
+                .iter_mut()
+                .find(|(n, _)| n.ends_with(".step"))
+                .expect("SGD keeps a step count");
+            *t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        }),
+        ("a whole number", |c| {
+            let (_, t) = c
+                .optimizer
+                .iter_mut()
+                .find(|(n, _)| n.ends_with(".step"))
+                .unwrap();
+            *t = tch::Tensor::from(-5i64);
+        }),
+        // Within the checkpoint's own limit, but past the epoch's 4 batches.
+        ("but an epoch has 4", |c| c.meta.batch = 1000),
+    ];
+    for (i, (why, edit)) in cases.iter().enumerate() {
+        let d = tempfile::tempdir().unwrap();
+        let run = tampered_run(d.path(), edit);
+        let before = snapshot(&run);
+        let b = bounded(&[
+            "train",
+            "--resume",
+            s(&run),
+            "--set",
+            "train.epochs=2",
+            "--device",
+            "cpu",
+        ]);
+        assert_refused(&b, &["last.safetensors", why]);
+        assert_eq!(snapshot(&run), before, "case {i} changed the run");
     }
 }

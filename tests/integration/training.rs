@@ -433,3 +433,52 @@ fn auto_layout_is_timed_once_remembered_and_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn batchnorm_never_trains_on_one_image_and_never_checkpoints_nan_statistics() {
+    let d = tempfile::tempdir().unwrap();
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 17 images in batches of 16: the last holds one, and at 8 px the last stage is 1x1,
+    // where its variance is 0/0.
+    let cfg = config(&[
+        "data.image_size=8",
+        "data.train_size=17",
+        "train.batch_size=16",
+        "train.epochs=1",
+    ]);
+    let warnings = Warnings::default();
+    let run = d.path().join("run");
+    let s = Trainer::new(cfg)
+        .observer(MetricsLog)
+        .observer(warnings.clone())
+        .out(&run)
+        .run()
+        .unwrap();
+    assert_eq!(s.outcome, Outcome::Finished);
+    let m = metrics::read(&run.join("metrics.jsonl")).unwrap();
+    assert!(m[0].val_loss.is_finite(), "{m:?}");
+    assert_eq!(m[0].step, 1, "the single-image batch took no step");
+    let w = warnings.0.lock().unwrap();
+    assert!(
+        w.iter().any(|w| w.contains("a batch of one image")),
+        "{w:?}"
+    );
+    let c = checkpoint::read(&run.join(checkpoint::LAST)).unwrap();
+    for (name, t) in &c.model {
+        let finite = t.isfinite().all().int64_value(&[]) == 1;
+        assert!(finite, "{name} is not finite");
+    }
+    // One image per batch, or per process, is refused before anything is built.
+    for (sets, why) in [
+        (&["train.batch_size=1"][..], "train.batch_size = 1"),
+        (&["data.train_size=1"][..], "at least 2 per process"),
+    ] {
+        let e = Trainer::new(config(sets))
+            .out(d.path().join("refused"))
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{e}");
+        assert!(!d.path().join("refused").join("last.safetensors").exists());
+    }
+}
