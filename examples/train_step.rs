@@ -4,7 +4,13 @@
 //!
 //! `cargo run --release --example train_step -- [--arch resnet152] [--batch 8] [--size 224]
 //! [--steps 3] [--warmup 1] [--threads 2] [--classes 1000] [--precision fp32|bf16]
-//! [--channels-last] [--device cpu|cuda] [--reference-optimizer] [--lr 0.1*batch/256]`
+//! [--channels-last] [--device cpu|cuda] [--reference-optimizer] [--lr 0.1*batch/256]
+//! [--run-steps N]`
+//!
+//! `--run-steps N` times the steps of a run of N steps (default: warm-up + timed steps):
+//! the trainer's [`hondo::allocator::HugePagePlan`] decides from it, after the second step,
+//! whether the run is long enough for huge pages; the step after it turns them on maps
+//! the buffers anew, so give a long run's case a warm-up of at least 3.
 //!
 //! Each step is hondo's own: `Optimizer::zero_grad`, a train-mode forward, cross-entropy,
 //! backward and `Optimizer::step` (SGD, momentum 0.9, weight decay 1e-4 on every
@@ -42,6 +48,7 @@ struct Args {
     device: Device,
     fused: bool,
     lr: Option<f64>,
+    run_steps: Option<usize>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -59,6 +66,7 @@ fn parse() -> Result<Args, String> {
         device: Device::Cpu,
         fused: true,
         lr: None,
+        run_steps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +94,7 @@ fn parse() -> Result<Args, String> {
             "--size" => a.size = num()?,
             "--steps" => a.steps = num()? as usize,
             "--warmup" => a.warmup = num()? as usize,
+            "--run-steps" => a.run_steps = Some(num()? as usize),
             "--threads" => a.threads = num()? as i32,
             "--classes" => a.classes = num()?,
             "--lr" => a.lr = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?),
@@ -251,6 +260,7 @@ fn main() {
     let mut seconds = Vec::new();
     let mut first_step = None;
     let mut loss = 0.0;
+    let mut huge_pages = hondo::allocator::HugePagePlan::default();
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
         opt.zero_grad().expect("zero_grad");
@@ -265,6 +275,10 @@ fn main() {
         let skip = ddp.as_mut().map(|d| d.after_backward(&l));
         opt.step(opt_cfg.lr, skip.as_ref()).expect("optimizer step");
         loss = l.double_value(&[]);
+        if a.device == Device::Cpu {
+            let total = a.run_steps.unwrap_or(a.warmup + a.steps);
+            huge_pages.after_step(i + 1, total);
+        }
         let took = t0.elapsed().as_secs_f64();
         first_step.get_or_insert(took);
         if i >= a.warmup {
@@ -282,9 +296,10 @@ fn main() {
     let mut sorted = seconds.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let huge = hondo::allocator::huge_pages();
     println!(
         "{{\"impl\": \"hondo\", \"arch\": \"{}\", \"batch\": {}, \"size\": {}, \"threads\": {}, \"precision\": \"{:?}\", \"channels_last\": {}, \"lr\": {}, \
-         \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"first_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}, \"world\": {world}, \"comm_wait_share\": {wait_share:.4}}}",
+         \"step_seconds\": {:?}, \"median_step_seconds\": {:.3}, \"first_step_seconds\": {:.3}, \"start_rss_mib\": {:.1}, \"peak_rss_mib\": {:.1}, \"loss\": {:.4}, \"world\": {world}, \"comm_wait_share\": {wait_share:.4}, \"huge_pages\": {huge}}}",
         a.arch.name(),
         a.batch,
         a.size,

@@ -13,6 +13,16 @@
 //! (`mallopt`: no mmap, no trim) removed the faults as well but fragmented the heap: +70%
 //! peak memory on the small CNN. Measured in BENCHMARKS.md.
 //!
+//! Huge pages: once on, new blocks of 2 MiB and more start on a 2 MiB boundary and are
+//! advised as transparent huge pages (`madvise(MADV_HUGEPAGE)`, which most distributions'
+//! default THP mode, `madvise`, waits for). The convolutions' passes over activations of
+//! tens of MiB then miss the TLB far less: 2-9% faster steady-state steps. But the first
+//! touch of a fresh 2 MiB page can cost far more than that of recycled 4 KiB pages (on a VM
+//! that hands free memory back to its host, ~1 s per GiB of activations), so a short run
+//! loses. [`HugePagePlan`] turns them on for a run whose remaining steps will take long
+//! enough to repay that once (the trainer asks it after each early step);
+//! `HONDO_HUGEPAGES=1` turns them on from the start, `=0` never. Measured in BENCHMARKS.md.
+//!
 //! `HONDO_MALLOC=system` keeps libtorch's default allocator.
 
 mod ffi {
@@ -20,6 +30,9 @@ mod ffi {
         pub fn hondo_cpu_allocator_install();
         pub fn hondo_cpu_allocator_stats(in_use: *mut usize, cached: *mut usize, peak: *mut usize);
         pub fn hondo_cpu_allocator_empty_cache();
+        pub fn hondo_cpu_allocator_huge_pages() -> bool;
+        pub fn hondo_cpu_allocator_set_huge_pages(on: bool) -> bool;
+        pub fn hondo_cpu_allocator_huge_pages_forced() -> i32;
     }
 }
 
@@ -36,12 +49,97 @@ pub fn install() {
     }
 }
 
+/// Whether new large blocks are advised as transparent huge pages.
+pub fn huge_pages() -> bool {
+    // SAFETY: reads an atomic flag.
+    enabled() && unsafe { ffi::hondo_cpu_allocator_huge_pages() }
+}
+
+/// Turns huge pages on or off for blocks mapped from now on, unless `HONDO_HUGEPAGES`
+/// decides; returns whether they are on. Blocks already cached keep their pages: call
+/// [`empty_cache`] to have the next step map its buffers anew.
+pub fn set_huge_pages(on: bool) -> bool {
+    // SAFETY: stores an atomic flag.
+    enabled() && unsafe { ffi::hondo_cpu_allocator_set_huge_pages(on) }
+}
+
+/// Whether `HONDO_HUGEPAGES` (`0` or `1`) decides, so that [`set_huge_pages`] does not.
+pub fn huge_pages_forced() -> bool {
+    // SAFETY: reads a value computed once from the environment.
+    unsafe { ffi::hondo_cpu_allocator_huge_pages_forced() >= 0 }
+}
+
+/// The trainer's choice of huge pages for a run: after its first steps it knows what a
+/// step takes, and turns them on when the steps left will take long enough to repay their
+/// first touch.
+#[derive(Debug, Default)]
+pub struct HugePagePlan {
+    /// When the previous step ended, and its number.
+    last: Option<(std::time::Instant, usize)>,
+    decided: bool,
+}
+
+impl HugePagePlan {
+    /// Steps left for which huge pages pay: at least this many seconds of them.
+    pub const MIN_SECONDS_LEFT: f64 = 120.0;
+
+    /// Called after each optimizer step (`step` of `total` in the run), on the CPU. Decides
+    /// once, after the second step of this process (the first includes its warm-up):
+    /// returns `true` when it turned huge pages on (and emptied the cache, so the next step
+    /// maps its buffers on them).
+    pub fn after_step(&mut self, step: usize, total: usize) -> bool {
+        if self.decided || !enabled() || huge_pages_forced() || huge_pages() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        match self.last {
+            Some((t, s)) if step > s => {
+                self.decided = true;
+                let per_step = now.duration_since(t).as_secs_f64() / (step - s) as f64;
+                if Self::worth_it(total.saturating_sub(step), per_step) {
+                    set_huge_pages(true);
+                    empty_cache();
+                    return true;
+                }
+                false
+            }
+            _ => {
+                self.last = Some((now, step));
+                false
+            }
+        }
+    }
+
+    /// Whether `steps_left` steps of `per_step` seconds repay a step on fresh pages.
+    pub fn worth_it(steps_left: usize, per_step: f64) -> bool {
+        steps_left as f64 * per_step >= Self::MIN_SECONDS_LEFT
+    }
+}
+
+/// The kernel's transparent huge page mode (`always`, `madvise` or `never`), if it has one.
+fn kernel_thp() -> Option<String> {
+    let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+    let start = s.find('[')? + 1;
+    let end = start + s[start..].find(']')?;
+    Some(s[start..end].to_string())
+}
+
 /// One line for `hondo info`.
-pub fn policy() -> &'static str {
-    if enabled() {
-        "caching (large blocks reused)"
-    } else {
-        "libtorch default (HONDO_MALLOC=system)"
+pub fn policy() -> String {
+    if !enabled() {
+        return "libtorch default (HONDO_MALLOC=system)".into();
+    }
+    let thp_off = matches!(kernel_thp().as_deref(), None | Some("never"));
+    match (huge_pages_forced(), huge_pages()) {
+        _ if thp_off => {
+            "caching (large blocks reused; the kernel has transparent huge pages off)".into()
+        }
+        (true, false) => "caching (large blocks reused; huge pages off: HONDO_HUGEPAGES=0)".into(),
+        (true, true) => "caching (large blocks reused, on huge pages: HONDO_HUGEPAGES=1)".into(),
+        (false, true) => "caching (large blocks reused, on huge pages)".into(),
+        (false, false) => {
+            "caching (large blocks reused; on huge pages in runs long enough to repay them)".into()
+        }
     }
 }
 
@@ -103,5 +201,67 @@ mod tests {
             0
         );
         empty_cache();
+    }
+
+    /// The flags of the mapping holding `addr`, from `/proc/self/smaps`.
+    fn vm_flags(addr: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        inside = (a..b).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.trim().to_string());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn huge_pages_pay_only_for_enough_steps_left() {
+        assert!(!HugePagePlan::worth_it(8, 1.2)); // one short epoch
+        assert!(HugePagePlan::worth_it(1000, 0.2));
+        assert!(!HugePagePlan::worth_it(0, 1e9));
+        // The plan decides once, from the second step it sees.
+        let mut plan = HugePagePlan::default();
+        assert!(!plan.after_step(1, 3));
+        assert!(!plan.after_step(2, 3));
+        assert!(plan.decided || !enabled() || huge_pages_forced() || huge_pages());
+    }
+
+    #[test]
+    fn large_blocks_start_on_a_huge_page_and_are_advised_as_one() {
+        install();
+        if !enabled() || huge_pages_forced() && !huge_pages() {
+            return; // HONDO_MALLOC=system or HONDO_HUGEPAGES=0 in this test's environment
+        }
+        assert!(set_huge_pages(true));
+        for mib in [2usize, 3, 16] {
+            let t = Tensor::zeros([(mib << 20) as i64 / 4], (Kind::Float, tch::Device::Cpu));
+            let data = t.data_ptr() as usize;
+            // The data follows the block's 64-byte header.
+            assert_eq!((data - 64) % (2 << 20), 0, "{mib} MiB at {data:#x}");
+            let flags = vm_flags(data).expect("the block's mapping is in /proc/self/smaps");
+            assert!(
+                flags.split(' ').any(|f| f == "hg"),
+                "{mib} MiB: MADV_HUGEPAGE not set: {flags}"
+            );
+            assert_eq!(t.sum(Kind::Double).double_value(&[]), 0.0);
+        }
+        // A block under 2 MiB is not padded out to one.
+        let t = Tensor::zeros([(1 << 20) / 4 * 3 / 2], (Kind::Float, tch::Device::Cpu));
+        let flags = vm_flags(t.data_ptr() as usize).unwrap();
+        assert!(!flags.split(' ').any(|f| f == "hg"), "1.5 MiB: {flags}");
+        assert!(policy().contains("huge pages"), "{}", policy());
     }
 }

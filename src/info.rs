@@ -54,7 +54,7 @@ pub fn info() -> Info {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| env!("HONDO_LIBTORCH_LIB").into()),
         cuda_backend: backend.to_string(),
-        allocator: crate::allocator::policy().into(),
+        allocator: crate::allocator::policy(),
         fused_batch_norm_relu: if crate::models::layers::fused_enabled() {
             format!(
                 "on (CPU training: fp32, bf16 channels-last; {} kernels)",

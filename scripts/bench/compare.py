@@ -28,13 +28,15 @@ CASES = {
     "small": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2),
     # Each tool at its defaults: hondo picks the layout for the machine (`train.channels_last
     # = "auto"`, its default: timed once, then cached), PyTorch NCHW.
+    # A step of a long run (`run_steps`): hondo's trainer then puts its CPU buffers on huge
+    # pages (src/allocator.rs), from the third step on, so hondo warms up one step more.
     "small-defaults": dict(arch="small_cnn", batch=64, size=64, classes=10, steps=10, warmup=2,
-                           hondo=dict(auto_layout=True)),
+                           hondo=dict(auto_layout=True, run_steps=1000, warmup=3)),
     "resnet50-defaults": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2,
-                              hondo=dict(auto_layout=True)),
+                              hondo=dict(auto_layout=True, run_steps=1000, warmup=3)),
     "resnet18": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2),
     "resnet18-defaults": dict(arch="resnet18", batch=16, size=224, steps=3, warmup=2,
-                              hondo=dict(auto_layout=True)),
+                              hondo=dict(auto_layout=True, run_steps=1000, warmup=3)),
     "resnet50": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2),
     "resnet50-bf16": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, precision="bf16"),
     "resnet50-cl": dict(arch="resnet50", batch=8, size=224, steps=6, warmup=2, channels_last=True),
@@ -63,6 +65,8 @@ def args_of(case, threads, impl):
         a.append("--channels-last")
     if case.get("auto_layout"):
         a.append("--auto-layout")
+    if case.get("run_steps"):
+        a += ["--run-steps", str(case["run_steps"])]
     if case.get("compile"):
         a.append("--compile")
     return a

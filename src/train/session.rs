@@ -67,6 +67,8 @@ pub(super) struct Session {
     pub ddp: Option<Ddp>,
     /// The memory format, and why ([`autotune`]).
     pub layout: Layout,
+    /// When to put the CPU allocator's buffers on huge pages.
+    pub huge_pages: crate::allocator::HugePagePlan,
     /// Whether the model has BatchNorm layers (a batch of one image is not trained on).
     pub batch_norm: bool,
 }
@@ -438,6 +440,7 @@ pub(super) fn prepare(
             sync_every,
             ddp,
             layout,
+            huge_pages: Default::default(),
             batch_norm,
         },
         pos,

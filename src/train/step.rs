@@ -181,6 +181,15 @@ pub(super) fn train_epoch(
             }
             pos.step += 1;
             pos.batch = b;
+            if s.device == tch::Device::Cpu
+                && s.huge_pages
+                    .after_step(pos.step, cfg.train.epochs * s.steps_per_epoch)
+            {
+                s.observers.message(
+                    "the steps left are long enough to repay huge pages: the CPU buffers \
+                     move to them in the next step (HONDO_HUGEPAGES=0 keeps 4 KiB pages)",
+                )?;
+            }
             if let Some(p) = pending.last_mut() {
                 p.lr = Some(lr);
             }
