@@ -221,13 +221,11 @@ mod tests {
         assert!((r.acc() - 2.0 / 3.0).abs() < 1e-12);
     }
 
-    #[test]
-    fn lines_round_trip_and_later_epochs_win() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("metrics.jsonl");
-        let m = EpochMetrics {
-            epoch: 1,
-            step: 10,
+    /// A line for `epoch`, 10 steps per epoch.
+    fn line(epoch: usize) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            step: 10 * epoch,
             train_loss: 1.0,
             train_acc: 0.5,
             val_loss: 0.9,
@@ -238,7 +236,14 @@ mod tests {
             skipped: 0,
             val_loss_ema: None,
             val_acc_ema: None,
-        };
+        }
+    }
+
+    #[test]
+    fn lines_round_trip_and_later_epochs_win() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let m = line(1);
         append(&p, &m).unwrap();
         append(
             &p,
@@ -267,20 +272,7 @@ mod tests {
     fn restore_mends_a_torn_or_unterminated_tail_and_adds_only_a_missing_epoch() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("metrics.jsonl");
-        let m = |epoch| EpochMetrics {
-            epoch,
-            step: 10 * epoch,
-            train_loss: 1.0,
-            train_acc: 0.5,
-            val_loss: 0.9,
-            val_acc: 0.6,
-            lr: 0.1,
-            images_per_sec: 100.0,
-            seconds: 1.0,
-            skipped: 0,
-            val_loss_ema: None,
-            val_acc_ema: None,
-        };
+        let m = line;
         let epochs = || {
             read(&p)
                 .unwrap()

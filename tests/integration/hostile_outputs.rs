@@ -434,6 +434,18 @@ fn eval_of_twenty_thousand_classes_is_bounded() {
     );
 }
 
+/// `hondo eval CKPT --device cpu --png PNG`.
+fn eval_png<'a>(ckpt: &'a Path, png: &'a Path) -> Vec<&'a OsStr> {
+    vec![
+        os("eval"),
+        p(ckpt),
+        os("--device"),
+        os("cpu"),
+        os("--png"),
+        p(png),
+    ]
+}
+
 #[test]
 fn outputs_never_replace_their_input_a_checkpoint_or_a_runs_files() {
     let d = tempfile::tempdir().unwrap();
@@ -464,18 +476,7 @@ fn outputs_never_replace_their_input_a_checkpoint_or_a_runs_files() {
             &run_config,
             "belongs to the run",
         ),
-        (
-            vec![
-                os("eval"),
-                p(&ckpt),
-                os("--device"),
-                os("cpu"),
-                os("--png"),
-                p(&other),
-            ],
-            &other,
-            "hondo checkpoint",
-        ),
+        (eval_png(&ckpt, &other), &other, "hondo checkpoint"),
         (
             vec![
                 os("lr-find"),
@@ -490,18 +491,7 @@ fn outputs_never_replace_their_input_a_checkpoint_or_a_runs_files() {
             &cfg,
             "this command's input",
         ),
-        (
-            vec![
-                os("eval"),
-                p(&ckpt),
-                os("--device"),
-                os("cpu"),
-                os("--png"),
-                p(&cfg),
-            ],
-            &cfg,
-            "not a PNG",
-        ),
+        (eval_png(&ckpt, &cfg), &cfg, "not a PNG"),
     ];
     for (args, out, why) in cases {
         let b = run_bounded(&args, &[], LIMIT);
@@ -516,16 +506,7 @@ fn outputs_never_replace_their_input_a_checkpoint_or_a_runs_files() {
     for _ in 0..2 {
         let b = run_bounded(&export_args(&ckpt, "safetensors", &export), &[], LIMIT);
         assert_eq!(b.code, Some(0), "{}", b.stderr);
-        let eval = [
-            os("eval"),
-            p(&ckpt),
-            os("--device"),
-            os("cpu"),
-            os("--data"),
-            p(&images),
-            os("--png"),
-            p(&png),
-        ];
+        let eval = [eval_png(&ckpt, &png), vec![os("--data"), p(&images)]].concat();
         let b = run_bounded(&eval, &[], LIMIT);
         assert_eq!(b.code, Some(0), "{}", b.stderr);
     }
