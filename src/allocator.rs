@@ -88,7 +88,11 @@ impl HugePagePlan {
     /// returns `true` when it turned huge pages on (and emptied the cache, so the next step
     /// maps its buffers on them).
     pub fn after_step(&mut self, step: usize, total: usize) -> bool {
-        if self.decided || !enabled() || huge_pages_forced() || huge_pages() {
+        if self.decided {
+            return false;
+        }
+        if !enabled() || huge_pages_forced() || huge_pages() {
+            self.decided = true; // nothing to choose: no more work on later steps
             return false;
         }
         let now = std::time::Instant::now();

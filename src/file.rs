@@ -170,16 +170,12 @@ pub fn check_output(out: &Path, inputs: &[&Path], kind: OutputKind) -> Result<()
         return Err("is a hondo checkpoint, which an output never replaces".into());
     }
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let run = out.parent().filter(|d| d.join("config.toml").is_file());
+    let run = out.parent().filter(|d| crate::run_dir::is_run_dir(d));
     if let (Some(run), "config.toml" | "metrics.jsonl") = (run, name) {
-        if run.read_dir().is_ok_and(|mut d| {
-            d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
-        }) {
-            return Err(format!(
-                "belongs to the run in {}, which an output never replaces",
-                run.display()
-            ));
-        }
+        return Err(format!(
+            "belongs to the run in {}, which an output never replaces",
+            run.display()
+        ));
     }
     if matches!(kind, OutputKind::Png) && !head.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Err("exists and is not a PNG: hondo replaces only a PNG there".into());

@@ -46,6 +46,11 @@ pub fn create_exact(dir: &Path, overwrite: bool) -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// Whether `dir` is a hondo run directory: it holds a regular `config.toml` (not a link).
+pub(crate) fn is_run_dir(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join("config.toml")).is_ok_and(|m| m.is_file())
+}
+
 /// Removes everything inside `dir`, which must be a hondo run directory (a real directory,
 /// not a symbolic link, holding a regular `config.toml`); anything else is refused with
 /// nothing removed. Entries are removed without following symbolic links: a link is
@@ -63,10 +68,7 @@ pub fn clear_run_dir(dir: &Path) -> anyhow::Result<()> {
     if !meta.is_dir() {
         anyhow::bail!("--overwrite: {} is not a directory", dir.display());
     }
-    let is_run = std::fs::symlink_metadata(dir.join("config.toml"))
-        .map(|m| m.is_file())
-        .unwrap_or(false);
-    if !is_run {
+    if !is_run_dir(dir) {
         anyhow::bail!(
             "--overwrite: {} is not a hondo run directory (no config.toml) and is not empty: \
              refusing to delete its contents; pick another --out",

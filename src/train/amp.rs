@@ -93,23 +93,18 @@ impl Scaler {
                     continue;
                 }
             };
-            anyhow::ensure!(
-                t.numel() == 1,
-                "optimizer state `{name}` has shape {:?}; it is one number",
-                t.size()
-            );
-            let v = t.to_kind(Kind::Double).reshape([]).double_value(&[]);
-            anyhow::ensure!(
-                range.contains(&v),
-                "optimizer state `{name}` is {v}, outside {}..={}",
-                range.start(),
-                range.end()
-            );
-            let t = t.reshape([]).to_device(device);
-            if name == "scaler.scale" {
-                self.scale = t.to_kind(Kind::Float);
+            let whole = name == "scaler.growth_tracker";
+            let what = if whole {
+                "the growth tracker"
             } else {
-                self.growth_tracker = t.to_kind(Kind::Int);
+                "the loss scale"
+            };
+            let v = super::optimizer::state_scalar(&name, what, &t, range, whole)?
+                .f_to_device(device)?;
+            if whole {
+                self.growth_tracker = v.f_to_kind(Kind::Int)?;
+            } else {
+                self.scale = v.f_to_kind(Kind::Float)?;
             }
         }
         Ok(rest)

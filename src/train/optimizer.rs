@@ -276,19 +276,8 @@ impl Optimizer {
                 .entry(name.to_string())
                 .or_insert_with(|| ParamState::new(p));
             if field == "step" {
-                anyhow::ensure!(
-                    t.numel() == 1,
-                    "optimizer state `{key}` has shape {:?}; a step count is one number",
-                    t.size()
-                );
-                let step = t.to_kind(Kind::Double).reshape([]);
-                let n = step.double_value(&[]);
-                anyhow::ensure!(
-                    n.is_finite() && (0.0..=MAX_STEPS).contains(&n) && n.fract() == 0.0,
-                    "optimizer state `{key}` is {n}; a step count is a whole number in 0..={}",
-                    MAX_STEPS
-                );
-                s.step = step.to_kind(Kind::Float).to_device(p.device());
+                let step = state_scalar(&key, "a step count", &t, 0.0..=MAX_STEPS, true)?;
+                s.step = step.f_to_kind(Kind::Float)?.f_to_device(p.device())?;
                 continue;
             }
             anyhow::ensure!(
@@ -314,6 +303,33 @@ impl Optimizer {
 
 /// The largest step count a restored optimizer state may hold (the checkpoint's own limit).
 const MAX_STEPS: f64 = crate::checkpoint::MAX_STEPS as f64;
+
+/// A checkpoint's optimizer-state entry `key`, which holds `what` (a step count, the loss
+/// scale): one number in `range` (a whole one with `whole`), as a 0-dimensional double
+/// tensor; otherwise an error naming it.
+pub(crate) fn state_scalar(
+    key: &str,
+    what: &str,
+    t: &Tensor,
+    range: std::ops::RangeInclusive<f64>,
+    whole: bool,
+) -> anyhow::Result<Tensor> {
+    anyhow::ensure!(
+        t.numel() == 1,
+        "optimizer state `{key}` has shape {:?}; {what} is one number",
+        t.size()
+    );
+    let v = t.f_to_kind(Kind::Double)?.f_reshape([])?;
+    let n = v.f_double_value(&[])?;
+    anyhow::ensure!(
+        range.contains(&n) && (!whole || n.fract() == 0.0),
+        "optimizer state `{key}` is {n}; {what} is a {}number in {}..={}",
+        if whole { "whole " } else { "" },
+        range.start(),
+        range.end()
+    );
+    Ok(v)
+}
 
 /// The parameters of a group that take an update: trainable and with a gradient.
 fn live(g: &ParamGroup) -> impl Iterator<Item = (&String, &Tensor, Tensor)> + '_ {

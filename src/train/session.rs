@@ -155,17 +155,22 @@ pub(super) fn prepare(
     }
 
     // Resume: the checkpoint must exist and be readable before anything is written.
+    // The `last` checkpoint a resume reads (empty for a new run), named in its errors.
+    let last_file = t
+        .resume
+        .as_deref()
+        .map(|d| d.join(checkpoint::LAST))
+        .unwrap_or_default();
     let resume = match &t.resume {
         Some(dir) => {
-            let path = dir.join(checkpoint::LAST);
-            if std::fs::symlink_metadata(&path).is_err() {
+            if std::fs::symlink_metadata(&last_file).is_err() {
                 bail!(
                     "{} is not a hondo run directory: {} not found",
                     dir.display(),
-                    path.display()
+                    last_file.display()
                 );
             }
-            Some(checkpoint::read(&path)?)
+            Some(checkpoint::read(&last_file)?)
         }
         None => None,
     };
@@ -246,11 +251,7 @@ pub(super) fn prepare(
         if ckpt.meta.arch != spec.name() {
             return Err(
                 crate::Error::Checkpoint(checkpoint::CheckpointError::OtherModel {
-                    path: t
-                        .resume
-                        .as_deref()
-                        .unwrap_or(Path::new(""))
-                        .join(checkpoint::LAST),
+                    path: last_file.clone(),
                     found: ckpt.meta.arch.clone(),
                     expected: spec.name().to_string(),
                 })
@@ -288,14 +289,7 @@ pub(super) fn prepare(
     let ema =
         (cfg.train.ema_decay > 0.0).then(|| Ema::new(&vs, &spec, num_classes, cfg.train.ema_decay));
     if let Some(ckpt) = resume {
-        let file = || {
-            let last = t
-                .resume
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .join(checkpoint::LAST);
-            format!("restoring the optimizer state from {}", last.display())
-        };
+        let file = || format!("restoring the optimizer state from {}", last_file.display());
         let state = match &mut scaler {
             Some(scaler) => scaler.load_state(ckpt.optimizer).with_context(file)?,
             None => amp::without_scaler(ckpt.optimizer),
@@ -359,11 +353,7 @@ pub(super) fn prepare(
         bail!(
             "{}: the checkpoint says {} batches of epoch {} are done, but an epoch has {} \
              (with train.batch_size = {} on {world} process(es))",
-            t.resume
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .join(checkpoint::LAST)
-                .display(),
+            last_file.display(),
             pos.batch,
             pos.epoch + 1,
             train.num_batches(),
